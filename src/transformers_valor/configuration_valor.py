@@ -1,0 +1,300 @@
+"""Configuration classes for VALOR: the composite `ValorConfig`, its text tower and the Video Swin video tower."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, CLIPVisionConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+CONTRASTIVE_TYPES = ("fine", "coarse")
+CAPTION_OBJECTIVES = ("unimlm", "lm")
+CROSS_ATTENTION_LAYOUTS = ("concat", "parallel", "video_first", "audio_first")
+LOGIT_SCALE_TYPES = ("temperature", "log_scale")
+# Text-video, text-audio, text-audiovisual, video-audio, video-(text+audio), audio-(text+video).
+CONTRASTIVE_GROUPS = ("tv", "ta", "tva", "va", "vta", "atv")
+CAPTION_GROUPS = ("tv", "ta", "tva")
+
+# Facts of the AST-style audio encoder (VALOR_SPEC section 1): a plain ViT-B/16 on (64 mel x 512 frames).
+AUDIO_ENCODER_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+    "layer_norm_eps": 1e-12,
+    "image_size": [64, 512],
+    "patch_size": 16,
+    "num_channels": 1,
+    "qkv_bias": True,
+}
+
+
+def _check_choice(field: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{field}` must be one of {list(allowed)}, got {value!r}.")
+
+
+def _check_positive(field: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"`{field}` must be > 0, got {value!r}.")
+
+
+@strict
+class ValorVideoSwinConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`ValorVideoSwinModel`], the 3D shifted-window transformer VALOR-B uses as its video
+    encoder. The defaults are Video Swin-B as VALOR-B uses it (Kinetics-600 checkpoint layout).
+
+    Args:
+        image_size (`int`, defaults to 224): frame height and width the model is built for.
+        patch_size (`list[int]`, defaults to `[2, 4, 4]`): Conv3d kernel (time, height, width) of the patch embedding.
+        temporal_stride (`int`, defaults to 1): temporal stride of the patch embedding. With stride 1 and one
+            zero frame padded at the end, `T` input frames give `T` temporal slots.
+        num_channels (`int`, defaults to 3): input channels.
+        embed_dim (`int`, defaults to 128): width after the patch embedding; doubles at every stage.
+        depths (`list[int]`, defaults to `[2, 2, 18, 2]`): blocks per stage.
+        num_heads (`list[int]`, defaults to `[4, 8, 16, 32]`): attention heads per stage.
+        window_size (`list[int]`, defaults to `[8, 7, 7]`): attention window (time, height, width).
+        mlp_ratio (`float`, defaults to 4.0): MLP width over the block width.
+        qkv_bias (`bool`, defaults to `True`): bias on the query/key/value projection.
+        hidden_dropout_prob (`float`, defaults to 0.0): dropout after the patch embedding, projections and MLP.
+        attention_probs_dropout_prob (`float`, defaults to 0.0): dropout on the attention weights.
+        drop_path_rate (`float`, defaults to 0.2): stochastic depth, increasing linearly to this value.
+        patch_norm (`bool`, defaults to `True`): LayerNorm after the patch embedding.
+        layer_norm_eps (`float`, defaults to 1e-5): LayerNorm epsilon.
+        initializer_range (`float`, defaults to 0.02): std of the truncated normal weight init.
+
+    Example:
+
+    ```python
+    >>> from transformers_valor import ValorVideoSwinConfig, ValorVideoSwinModel
+    >>> model = ValorVideoSwinModel(ValorVideoSwinConfig(embed_dim=32, depths=[1, 1], num_heads=[2, 4]))
+    ```
+    """
+
+    model_type = "valor_video_swin"
+    base_config_key = "vision_config"
+
+    image_size: int = 224
+    patch_size: list[int] | tuple[int, ...] = (2, 4, 4)
+    temporal_stride: int = 1
+    num_channels: int = 3
+    embed_dim: int = 128
+    depths: list[int] | tuple[int, ...] = (2, 2, 18, 2)
+    num_heads: list[int] | tuple[int, ...] = (4, 8, 16, 32)
+    window_size: list[int] | tuple[int, ...] = (8, 7, 7)
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    drop_path_rate: float = 0.2
+    patch_norm: bool = True
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        self.patch_size = list(self.patch_size)
+        self.depths = list(self.depths)
+        self.num_heads = list(self.num_heads)
+        self.window_size = list(self.window_size)
+        if len(self.patch_size) != 3 or len(self.window_size) != 3:
+            raise ValueError(
+                f"`patch_size` and `window_size` must have 3 entries (time, height, width), got "
+                f"{self.patch_size} and {self.window_size}."
+            )
+        if len(self.depths) != len(self.num_heads):
+            raise ValueError(
+                f"`depths` ({self.depths}) and `num_heads` ({self.num_heads}) must have the same length."
+            )
+        super().__post_init__(**kwargs)
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the last stage, i.e. of the tokens the model outputs."""
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+
+@strict
+class ValorTextConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`ValorTextModel`], the BERT-compatible transformer VALOR shares between its text encoder
+    (bidirectional) and its multimodal decoder (causal, with cross-attention). Defaults are BERT-base uncased.
+
+    Args:
+        vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act,
+        hidden_dropout_prob, attention_probs_dropout_prob, max_position_embeddings, type_vocab_size,
+        initializer_range, layer_norm_eps: as in [`~transformers.BertConfig`].
+        add_cross_attention (`bool`, defaults to `True`): build the cross-attention sub-blocks the decoder uses.
+        cross_attention_layout (`str`, defaults to `"concat"`): how the decoder attends to video and audio
+            tokens. `"concat"`: one cross-attention over `[video ; audio]` (VALOR's `va_concate`);
+            `"parallel"`: one block per modality on the same input, outputs summed (`va_parallel`);
+            `"video_first"` / `"audio_first"`: one block per modality, applied one after the other.
+        pad_token_id, bos_token_id (= [CLS]), eos_token_id (= [SEP]), mask_token_id (= [MASK]): special ids of
+            the BERT uncased vocabulary.
+        random_token_start (`int`, defaults to 106): smallest id drawn when masking replaces a token by a random
+            one (ids below are special or unused in the BERT vocabulary).
+    """
+
+    model_type = "valor_text_model"
+    base_config_key = "text_config"
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    add_cross_attention: bool = True
+    cross_attention_layout: str = "concat"
+    pad_token_id: int = 0
+    bos_token_id: int = 101
+    eos_token_id: int = 102
+    mask_token_id: int = 103
+    random_token_start: int = 106
+    is_decoder: bool = False
+    use_cache: bool = True
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        _check_choice("cross_attention_layout", self.cross_attention_layout, CROSS_ATTENTION_LAYOUTS)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        if not 0 <= self.random_token_start < self.vocab_size:
+            raise ValueError(
+                f"`random_token_start` must lie in [0, vocab_size={self.vocab_size}), got {self.random_token_start}."
+            )
+        super().__post_init__(**kwargs)
+
+
+@strict
+class ValorConfig(PreTrainedConfig):
+    r"""
+    Configuration of the VALOR models ([`ValorModel`], [`ValorForRetrieval`], [`ValorForConditionalGeneration`],
+    [`ValorForPreTraining`]). The defaults reproduce VALOR-B: BERT-base text, Video Swin-B video, AST-style
+    ViT-B/16 audio, 512-d contrastive space, fine-grained MGA and alpha 1.5.
+
+    Args:
+        text_config (`dict` or [`ValorTextConfig`]): the shared text encoder / multimodal decoder.
+        vision_config (`dict`, [`ValorVideoSwinConfig`] or [`~transformers.CLIPVisionConfig`]): the video
+            encoder. A `CLIPVisionConfig` encodes each frame with `CLIPVisionModel` (VALOR-L).
+        audio_config (`dict` or [`~transformers.ViTConfig`]): the AST-style audio encoder (1 channel,
+            64 x 512 input, patch 16, one CLS token).
+        projection_dim (`int`, defaults to 512): width of the contrastive (MGA) space.
+        contrastive_type (`str`, defaults to `"fine"`): `"fine"` (token-wise weighted max-similarity, VALOR's
+            default) or `"coarse"` (mean-pooled features and a dot product).
+        contrastive_groups (`list[str]`, defaults to `["tva", "tv", "ta"]`): MGA groups trained by
+            [`ValorForPreTraining`]: `tv` text-video, `ta` text-audio, `tva` text-audiovisual, and the optional
+            `va` video-audio, `vta` video-(text+audio), `atv` audio-(text+video).
+        caption_groups (`list[str]`, defaults to `["tva", "tv", "ta"]`): MGC groups (`tv`, `ta`, `tva`).
+        contrastive_loss_weight (`float`, defaults to 1.5): alpha in `L = alpha * L_MGA + L_MGC`.
+        logit_scale_type (`str`, *optional*): `"temperature"` divides scores by a learnable temperature
+            initialised to `temperature_init` (VALOR-B); `"log_scale"` multiplies them by `exp(logit_scale)` as
+            CLIP does (VALOR-L, which reuses CLIP's `logit_scale`). Defaults to `"log_scale"` for a CLIP video
+            encoder and `"temperature"` otherwise.
+        temperature_init (`float`, defaults to 0.07): initial temperature for either parameterisation.
+        caption_objective (`str`, defaults to `"unimlm"`): `"unimlm"` (causal masked language modelling,
+            VALOR's default) or `"lm"` (plain next-token prediction).
+        cross_attention_layout (`str`, defaults to `"concat"`): see [`ValorTextConfig`]; copied into it.
+        use_task_prompt (`bool`, defaults to `False`): feed `task_prompt` as a bidirectional prefix to the
+            decoder (on in VALOR-L).
+        task_prompt (`str`): the prompt text used when `use_task_prompt` is on.
+        max_video_frames (`int`, defaults to 32): learned frame-position slots of the video tokens.
+        max_audio_clips (`int`, defaults to 32): learned clip-position slots of the audio tokens.
+        label_smoothing (`float`, defaults to 0.0): label smoothing of the MGC cross-entropy.
+        initializer_range (`float`, defaults to 0.02): std of the initialisation of VALOR's own weights.
+
+    Example:
+
+    ```python
+    >>> from transformers import CLIPVisionConfig
+    >>> from transformers_valor import ValorConfig
+    >>> valor_b = ValorConfig()
+    >>> valor_l = ValorConfig(
+    ...     vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+    ...                                    num_attention_heads=16, patch_size=14, image_size=224),
+    ...     use_task_prompt=True,
+    ... )
+    ```
+    """
+
+    model_type = "valor"
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=ValorTextConfig),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="valor_video_swin"),
+        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="vit", init_kwargs=AUDIO_ENCODER_DEFAULTS),
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    audio_config: dict | PreTrainedConfig | None = None
+    projection_dim: int = 512
+    contrastive_type: str = "fine"
+    contrastive_groups: list[str] | tuple[str, ...] = ("tva", "tv", "ta")
+    caption_groups: list[str] | tuple[str, ...] = ("tva", "tv", "ta")
+    contrastive_loss_weight: float = 1.5
+    logit_scale_type: str | None = None
+    temperature_init: float = 0.07
+    caption_objective: str = "unimlm"
+    cross_attention_layout: str = "concat"
+    use_task_prompt: bool = False
+    task_prompt: str = "describe the video with natural language"
+    max_video_frames: int = 32
+    max_audio_clips: int = 32
+    label_smoothing: float = 0.0
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        if isinstance(self.audio_config, dict) and "model_type" not in self.audio_config:
+            self.audio_config = {**AUDIO_ENCODER_DEFAULTS, **self.audio_config}
+        super().__post_init__(**kwargs)
+        if self.vision_config.model_type not in ("valor_video_swin", "clip_vision_model"):
+            raise ValueError(
+                "`vision_config` must be a ValorVideoSwinConfig or a CLIPVisionConfig, got model_type "
+                f"{self.vision_config.model_type!r}."
+            )
+        if self.audio_config.model_type != "vit":
+            raise ValueError(f"`audio_config` must be a ViTConfig, got model_type {self.audio_config.model_type!r}.")
+        _check_choice("contrastive_type", self.contrastive_type, CONTRASTIVE_TYPES)
+        _check_choice("caption_objective", self.caption_objective, CAPTION_OBJECTIVES)
+        _check_choice("cross_attention_layout", self.cross_attention_layout, CROSS_ATTENTION_LAYOUTS)
+        if self.logit_scale_type is None:
+            self.logit_scale_type = "log_scale" if self.is_clip_vision else "temperature"
+        _check_choice("logit_scale_type", self.logit_scale_type, LOGIT_SCALE_TYPES)
+        self.contrastive_groups = list(self.contrastive_groups)
+        self.caption_groups = list(self.caption_groups)
+        for group in self.contrastive_groups:
+            _check_choice("contrastive_groups", group, CONTRASTIVE_GROUPS)
+        for group in self.caption_groups:
+            _check_choice("caption_groups", group, CAPTION_GROUPS)
+        for field in ("projection_dim", "temperature_init", "max_video_frames", "max_audio_clips"):
+            _check_positive(field, getattr(self, field))
+        if self.contrastive_loss_weight < 0:
+            raise ValueError(f"`contrastive_loss_weight` must be >= 0, got {self.contrastive_loss_weight}.")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must lie in [0, 1), got {self.label_smoothing}.")
+        # One source of truth: the decoder's cross-attention layout is a VALOR-level choice.
+        self.text_config.cross_attention_layout = self.cross_attention_layout
+
+    @property
+    def is_clip_vision(self) -> bool:
+        """Whether the video encoder is CLIP's vision tower applied per frame (VALOR-L)."""
+        return isinstance(self.vision_config, CLIPVisionConfig)
+
+    @property
+    def video_hidden_size(self) -> int:
+        """Width of the video encoder's output tokens."""
+        return self.vision_config.hidden_size
