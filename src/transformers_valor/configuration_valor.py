@@ -172,10 +172,6 @@ class ValorTextConfig(PreTrainedConfig):
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
                 f"({self.num_attention_heads})."
             )
-        if not 0 <= self.random_token_start < self.vocab_size:
-            raise ValueError(
-                f"`random_token_start` must lie in [0, vocab_size={self.vocab_size}), got {self.random_token_start}."
-            )
         super().__post_init__(**kwargs)
 
 
@@ -234,7 +230,9 @@ class ValorConfig(PreTrainedConfig):
     sub_configs_defaults = {
         "text_config": SubConfigSpec(config_class=ValorTextConfig),
         "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="valor_video_swin"),
-        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="vit", init_kwargs=AUDIO_ENCODER_DEFAULTS),
+        "audio_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="vit", init_kwargs=AUDIO_ENCODER_DEFAULTS
+        ),
     }
 
     text_config: dict | PreTrainedConfig | None = None
@@ -267,7 +265,9 @@ class ValorConfig(PreTrainedConfig):
                 f"{self.vision_config.model_type!r}."
             )
         if self.audio_config.model_type != "vit":
-            raise ValueError(f"`audio_config` must be a ViTConfig, got model_type {self.audio_config.model_type!r}.")
+            raise ValueError(
+                f"`audio_config` must be a ViTConfig, got model_type {self.audio_config.model_type!r}."
+            )
         _check_choice("contrastive_type", self.contrastive_type, CONTRASTIVE_TYPES)
         _check_choice("caption_objective", self.caption_objective, CAPTION_OBJECTIVES)
         _check_choice("cross_attention_layout", self.cross_attention_layout, CROSS_ATTENTION_LAYOUTS)
