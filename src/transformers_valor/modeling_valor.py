@@ -347,7 +347,7 @@ class ValorModel(ValorPreTrainedModel):
             batch, frames = pixel_values_videos.shape[:2]
             hidden = self.vision_model(pixel_values=pixel_values_videos.flatten(0, 1)).last_hidden_state
             # transformers applies CLIP's final LayerNorm to the pooled token only; VALOR applies it to all.
-            hidden = self.vision_model.vision_model.post_layernorm(hidden)
+            hidden = self.vision_model.post_layernorm(hidden)
             tokens = hidden.view(batch, frames, *hidden.shape[1:])  # (B, T, 1 + patches, C)
             return tokens, tokens[:, :, 0]
         output = self.vision_model(pixel_values_videos=pixel_values_videos)

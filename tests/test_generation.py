@@ -1,0 +1,230 @@
+"""ValorForConditionalGeneration: MGC loss, generate() (greedy, beam, sampling), the unimlm cache, QA prompts."""
+
+import pytest
+import torch
+
+from helpers import CLS, MASK, PAD, SEP, ValorInputsTester, tiny_valor_config
+from transformers_valor import ValorForConditionalGeneration
+from transformers_valor.data.masking import CaptionMaskingConfig, mask_captions, next_token_labels
+
+
+class ValorGenerationTester:
+    """A tiny captioning model and a seeded batch."""
+
+    def __init__(self, **overrides):
+        self.overrides = overrides
+
+    def create_model(self, seed=0, attn="eager"):
+        torch.manual_seed(seed)
+        return ValorForConditionalGeneration._from_config(
+            tiny_valor_config(**self.overrides), attn_implementation=attn
+        ).eval()
+
+    def prepare_inputs(self):
+        return ValorInputsTester().prepare_inputs()
+
+
+def _masked_batch(inputs, model, seed=0):
+    config = CaptionMaskingConfig.from_model_config(model.config.text_config)
+    return mask_captions(inputs["input_ids"], config, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("objective", ["unimlm", "lm"])
+def test_caption_loss_decreases(objective):
+    tester = ValorGenerationTester(caption_objective=objective)
+    model = tester.create_model().train()
+    inputs = tester.prepare_inputs()
+    if objective == "unimlm":
+        decoder_ids, labels = _masked_batch(inputs, model)
+    else:
+        decoder_ids, labels = inputs["input_ids"], next_token_labels(inputs["input_ids"], PAD)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(10):
+        out = model(
+            decoder_ids,
+            inputs["attention_mask"],
+            inputs["pixel_values_videos"],
+            inputs["input_features"],
+            labels=labels,
+        )
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(out.loss.item())
+    assert losses[-1] < losses[0] * 0.7, losses
+
+
+def test_loss_counts_only_labelled_positions():
+    tester = ValorGenerationTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    decoder_ids, labels = _masked_batch(inputs, model)
+    out = model(decoder_ids, inputs["attention_mask"], inputs["pixel_values_videos"], labels=labels)
+    keep = labels != -100
+    expected = torch.nn.functional.cross_entropy(out.logits[keep], labels[keep])
+    torch.testing.assert_close(out.loss, expected)
+
+
+@pytest.mark.parametrize("objective", ["unimlm", "lm"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_cache_gives_identical_generations(objective, attn, num_beams):
+    tester = ValorGenerationTester(caption_objective=objective)
+    model = tester.create_model(attn=attn)
+    inputs = tester.prepare_inputs()
+    kwargs = dict(
+        max_new_tokens=10, min_new_tokens=10, num_beams=num_beams
+    )  # never stop early: full 10 steps
+    with_cache = model.generate(
+        inputs["pixel_values_videos"], inputs["input_features"], use_cache=True, **kwargs
+    )
+    without = model.generate(
+        inputs["pixel_values_videos"], inputs["input_features"], use_cache=False, **kwargs
+    )
+    assert with_cache.shape == (3, 11)
+    assert torch.equal(with_cache, without)
+    assert (with_cache[:, 0] == CLS).all()
+
+
+def test_cache_never_keeps_the_mask_slot_and_decoder_sees_only_new_tokens():
+    tester = ValorGenerationTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    seen = []
+    hook = model.valor.text_model.embeddings.register_forward_hook(
+        lambda m, args, out: seen.append(args[0].clone())
+    )
+    cache_lengths = []
+    model.register_forward_hook(lambda module, args, out: cache_lengths.append(out.cache.get_seq_length()))
+    out = model.generate(inputs["pixel_values_videos"], max_new_tokens=4, min_new_tokens=4, use_cache=True)
+    hook.remove()
+    # Step 1 feeds [CLS] [MASK]; later steps the newest word and a fresh [MASK].
+    assert [ids.shape[1] for ids in seen] == [2, 2, 2, 2]
+    assert all((ids[:, -1] == MASK).all() for ids in seen)
+    assert torch.equal(seen[1][:, 0], out[:, 1])
+    # After each step the cache holds the real tokens only: [CLS], [CLS] w1, ...
+    assert cache_lengths == [1, 2, 3, 4]
+
+
+def test_encoders_run_once_per_generate_call():
+    tester = ValorGenerationTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    calls = {"video": 0, "audio": 0}
+    model.valor.vision_model.register_forward_hook(lambda *a: calls.__setitem__("video", calls["video"] + 1))
+    model.valor.audio_model.register_forward_hook(lambda *a: calls.__setitem__("audio", calls["audio"] + 1))
+    model.generate(inputs["pixel_values_videos"], inputs["input_features"], num_beams=3, max_new_tokens=5)
+    assert calls == {"video": 1, "audio": 1}
+
+
+def test_beam_search_returns_requested_sequences_and_sampling_is_seeded():
+    tester = ValorGenerationTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    beams = model.generate(
+        inputs["pixel_values_videos"], num_beams=3, num_return_sequences=3, max_new_tokens=6, min_new_tokens=6
+    )
+    assert beams.shape == (9, 7)
+    torch.manual_seed(5)
+    first = model.generate(inputs["pixel_values_videos"], do_sample=True, top_k=5, max_new_tokens=6)
+    torch.manual_seed(5)
+    second = model.generate(inputs["pixel_values_videos"], do_sample=True, top_k=5, max_new_tokens=6)
+    assert torch.equal(first, second)
+
+
+def test_generation_stops_at_sep():
+    tester = ValorGenerationTester()
+    model = tester.create_model()
+    with torch.no_grad():
+        model.cls.predictions.bias.zero_()
+        model.cls.predictions.bias[SEP] = 100.0  # make [SEP] the certain next token
+    out = model.generate(tester.prepare_inputs()["pixel_values_videos"], max_new_tokens=10)
+    assert out.tolist() == [[CLS, SEP]] * 3
+
+
+@pytest.mark.parametrize("modalities", ["video", "audio", "both"])
+def test_modality_choice_changes_the_conditioning(modalities):
+    tester = ValorGenerationTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    video_states, audio_states = model.encode_modalities(
+        inputs["pixel_values_videos"], inputs["input_features"], modalities
+    )
+    assert (video_states is not None) == (modalities in ("video", "both"))
+    assert (audio_states is not None) == (modalities in ("audio", "both"))
+    if video_states is not None:
+        assert video_states.shape == (3, 4 * 16, 32)
+    out = model.generate(
+        inputs["pixel_values_videos"], inputs["input_features"], modalities=modalities, max_new_tokens=3
+    )
+    assert out.shape[0] == 3
+
+
+def test_text_only_and_bad_modality_arguments_are_rejected():
+    tester = ValorGenerationTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    with pytest.raises(ValueError, match="at least one modality"):
+        model.generate()
+    with pytest.raises(ValueError, match="at least one modality"):
+        model(inputs["input_ids"])
+    with pytest.raises(ValueError, match="needs `input_features`"):
+        model.generate(inputs["pixel_values_videos"], modalities="audio")
+    with pytest.raises(ValueError, match="'video', 'audio' or 'both'"):
+        model.generate(inputs["pixel_values_videos"], modalities="smell")
+    with pytest.raises(ValueError, match="Batch sizes"):
+        model(inputs["input_ids"][:2], pixel_values_videos=inputs["pixel_values_videos"])
+    with pytest.raises(ValueError, match="labels"):
+        model(
+            inputs["input_ids"],
+            pixel_values_videos=inputs["pixel_values_videos"],
+            labels=inputs["input_ids"][:, :3],
+        )
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_question_answering_with_prompt_prefix(num_beams):
+    tester = ValorGenerationTester(use_task_prompt=True)
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    question = torch.randint(5, 99, (3, 4), generator=torch.Generator().manual_seed(2))
+    question_mask = torch.ones_like(question)
+    question_mask[0, 3] = 0
+    kwargs = dict(
+        prompt_ids=question,
+        prompt_attention_mask=question_mask,
+        max_new_tokens=6,
+        min_new_tokens=6,
+        num_beams=num_beams,
+    )
+    with_cache = model.generate(inputs["pixel_values_videos"], use_cache=True, **kwargs)
+    without = model.generate(inputs["pixel_values_videos"], use_cache=False, **kwargs)
+    assert torch.equal(with_cache, without)
+    first_step = model(
+        with_cache[:, :1],
+        pixel_values_videos=inputs["pixel_values_videos"],
+        prompt_ids=question,
+        prompt_attention_mask=question_mask,
+        generation_step=True,
+    ).logits
+    other_question = model(
+        with_cache[:, :1],
+        pixel_values_videos=inputs["pixel_values_videos"],
+        prompt_ids=question + 1,
+        prompt_attention_mask=question_mask,
+        generation_step=True,
+    ).logits
+    assert first_step.shape == (3, 1, 99) and not torch.allclose(first_step, other_question)
+    # Training on an answer with the question as prefix.
+    answers = inputs["input_ids"]
+    decoder_ids, labels = _masked_batch(inputs, model)
+    out = model(
+        decoder_ids,
+        inputs["attention_mask"],
+        inputs["pixel_values_videos"],
+        prompt_ids=question,
+        prompt_attention_mask=question_mask,
+        labels=labels,
+    )
+    assert out.logits.shape == (*answers.shape, 99) and torch.isfinite(out.loss)

@@ -1,0 +1,360 @@
+"""ValorConfig, ValorModel and ValorForRetrieval: config tree, features, MGA, save/load, Auto classes, errors."""
+
+import pytest
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMultimodalLM,
+    AutoModelForPreTraining,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+)
+
+from helpers import ValorInputsTester, tiny_audio_config, tiny_text_config, tiny_valor_config
+from transformers_valor import (
+    ValorConfig,
+    ValorForConditionalGeneration,
+    ValorForPreTraining,
+    ValorForRetrieval,
+    ValorModel,
+    ValorVideoSwinConfig,
+)
+
+GROUPS = ["tv", "ta", "tva", "va", "vta", "atv"]
+
+
+class ValorModelTester:
+    """Builds the tiny VALOR config and a seeded batch."""
+
+    def __init__(self, **config_overrides):
+        self.config_overrides = config_overrides
+        self.inputs = ValorInputsTester()
+
+    def get_config(self, **overrides):
+        return tiny_valor_config(**{**self.config_overrides, **overrides})
+
+    def prepare_inputs(self):
+        return self.inputs.prepare_inputs()
+
+    def create_model(self, cls=ValorForRetrieval, seed=0, **overrides):
+        torch.manual_seed(seed)
+        return cls(self.get_config(**overrides)).eval()
+
+
+# ---------------------------------------------------------------------------------------------------- config
+def test_defaults_reproduce_valor_b():
+    config = ValorConfig()
+    text, vision, audio = config.text_config, config.vision_config, config.audio_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.vocab_size) == (
+        768,
+        12,
+        12,
+        30522,
+    )
+    assert isinstance(vision, ValorVideoSwinConfig) and vision.hidden_size == 1024
+    assert (vision.depths, vision.num_heads, vision.window_size, vision.embed_dim) == (
+        [2, 2, 18, 2],
+        [4, 8, 16, 32],
+        [8, 7, 7],
+        128,
+    )
+    assert audio.model_type == "vit" and list(audio.image_size) == [64, 512] and audio.num_channels == 1
+    assert (audio.patch_size, audio.hidden_size, audio.layer_norm_eps) == (16, 768, 1e-12)
+    assert config.projection_dim == 512 and config.contrastive_type == "fine"
+    assert config.contrastive_loss_weight == 1.5 and config.temperature_init == 0.07
+    assert config.logit_scale_type == "temperature" and config.caption_objective == "unimlm"
+
+
+def test_valor_l_with_clip_vision_config(tmp_path):
+    clip = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        patch_size=14,
+        image_size=224,
+    )
+    config = ValorConfig(vision_config=clip, use_task_prompt=True)
+    assert config.is_clip_vision and config.logit_scale_type == "log_scale"
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, ValorConfig) and isinstance(loaded.vision_config, CLIPVisionConfig)
+    assert loaded.vision_config.patch_size == 14 and loaded.use_task_prompt
+
+
+def test_config_round_trip(tmp_path):
+    config = tiny_valor_config(contrastive_type="coarse", cross_attention_layout="parallel")
+    config.save_pretrained(tmp_path)
+    loaded = ValorConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.text_config.cross_attention_layout == "parallel"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("contrastive_type", "medium"),
+        ("caption_objective", "mlm"),
+        ("cross_attention_layout", "sideways"),
+        ("logit_scale_type", "linear"),
+        ("contrastive_groups", ["tv", "xy"]),
+        ("caption_groups", ["va"]),
+        ("projection_dim", 0),
+        ("temperature_init", -1.0),
+        ("max_video_frames", 0),
+        ("label_smoothing", 1.5),
+        ("contrastive_loss_weight", -1.0),
+    ],
+)
+def test_invalid_config_values_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny_valor_config(**{field: value})
+
+
+def test_wrong_sub_config_types():
+    with pytest.raises(ValueError, match="vision_config"):
+        ValorConfig(vision_config={"model_type": "vit"})
+    with pytest.raises(ValueError, match="audio_config"):
+        ValorConfig(audio_config={"model_type": "valor_video_swin"})
+
+
+# -------------------------------------------------------------------------------------------------- features
+def test_feature_shapes_and_normalisation():
+    tester = ValorModelTester()
+    model = tester.create_model(ValorModel)
+    inputs = tester.prepare_inputs()
+    text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+    video = model.get_video_features(inputs["pixel_values_videos"])
+    audio = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
+    assert text.embeds.shape == (3, 7, 16) and torch.equal(text.mask, inputs["attention_mask"])
+    assert video.embeds.shape == (3, 4, 16) and video.mask.shape == (3, 4)
+    assert audio.embeds.shape == (3, 2, 16) and audio.mask.shape == (3, 2)
+    assert video.last_hidden_state.shape == (3, 4, 16, 32)  # 4 temporal slots of 4 x 4 tokens, width 32
+    assert audio.last_hidden_state.shape == (3, 2, 1 + 8, 32)  # CLS + (16/8) x (32/8) patches
+    for features in (text, video, audio):
+        torch.testing.assert_close(features.embeds.norm(dim=-1), torch.ones(features.embeds.shape[:2]))
+        assert features.weight_logits.shape == features.mask.shape
+
+
+def test_forward_returns_features_and_tuple():
+    tester = ValorModelTester()
+    model = tester.create_model(ValorModel)
+    inputs = tester.prepare_inputs()
+    out = model(**inputs)
+    assert out.text_features.embeds.shape == (3, 7, 16)
+    torch.testing.assert_close(out.logit_scale, torch.tensor(1 / 0.07))
+    assert isinstance(model(**inputs, return_dict=False), tuple)
+    with pytest.raises(ValueError, match="at least one"):
+        model()
+
+
+def test_clip_video_encoder_applies_post_layernorm_to_every_token():
+    clip = CLIPVisionConfig(
+        hidden_size=24,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        patch_size=8,
+        image_size=32,
+    )
+    tester = ValorModelTester(vision_config=clip)
+    model = tester.create_model(ValorModel)
+    assert isinstance(model.vision_model, CLIPVisionModel) and model.config.logit_scale_type == "log_scale"
+    videos = tester.prepare_inputs()["pixel_values_videos"]
+    tokens, frame_feats = model.encode_video(videos)
+    assert tokens.shape == (3, 4, 1 + 16, 24)
+    raw = model.vision_model(pixel_values=videos.flatten(0, 1)).last_hidden_state
+    expected = model.vision_model.post_layernorm(raw).view(3, 4, 17, 24)
+    torch.testing.assert_close(tokens, expected)
+    torch.testing.assert_close(frame_feats, expected[:, :, 0])
+    # The decoder adapter projects the 24-wide CLIP tokens to the 32-wide text space.
+    video_states, _ = model.decoder_inputs(tokens, None)
+    assert video_states.shape == (3, 4 * 17, 32)
+
+
+# ----------------------------------------------------------------------------------------------------- MGA
+@pytest.mark.parametrize("group", GROUPS)
+def test_retrieval_scores_every_group(group):
+    tester = ValorModelTester()
+    model = tester.create_model()
+    out = model(**tester.prepare_inputs(), group=group, return_loss=True)
+    assert out.scores.shape == (3, 3) and out.logits_per_candidate.shape == (3, 3)
+    torch.testing.assert_close(out.logits_per_query, out.scores * out.logit_scale)
+    assert torch.isfinite(out.loss)
+
+
+def test_retrieval_scores_equal_precomputed_features():
+    tester = ValorModelTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    valor = model.valor
+    text = valor.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+    video = valor.get_video_features(inputs["pixel_values_videos"])
+    audio = valor.get_audio_features(inputs["input_features"])
+    scores = valor.similarity(*valor.group_features("tva", text=text, video=video, audio=audio))
+    torch.testing.assert_close(model(**inputs, group="tva").scores, scores)
+
+
+def test_coarse_variant():
+    tester = ValorModelTester(contrastive_type="coarse")
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    for group in ("tv", "ta", "tva", "va"):
+        out = model(**inputs, group=group, return_loss=True)
+        assert out.scores.shape == (3, 3) and torch.isfinite(out.loss)
+    with pytest.raises(NotImplementedError, match="coarse"):
+        model(**inputs, group="vta")
+    text = model.valor.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+    video = model.valor.get_video_features(inputs["pixel_values_videos"])
+    torch.testing.assert_close(
+        model(**inputs, group="tv").scores, text.pooled_embeds @ video.pooled_embeds.t()
+    )
+
+
+def test_missing_audio_sample_is_masked_out():
+    tester = ValorModelTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    inputs["input_features_mask"][1] = 0
+    scores = model(**inputs, group="ta").scores
+    torch.testing.assert_close(scores[:, 1], torch.zeros(3))
+    assert torch.isfinite(model(**inputs, group="tva", return_loss=True).loss)
+
+
+def test_mga_training_lowers_loss():
+    tester = ValorModelTester()
+    model = tester.create_model().train()
+    inputs = tester.prepare_inputs()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = model(**inputs, group="tva", return_loss=True).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.8
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"group": "tv", "pixel_values_videos": None}, "pixel_values_videos"),
+        ({"group": "ta", "input_features": None}, "input_features"),
+        ({"group": "tx"}, "Unknown modality group"),
+    ],
+)
+def test_retrieval_input_errors(kwargs, match):
+    tester = ValorModelTester()
+    model = tester.create_model()
+    inputs = {**tester.prepare_inputs(), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        model(**inputs)
+
+
+def test_batch_size_and_slot_errors():
+    tester = ValorModelTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    with pytest.raises(ValueError, match="Batch sizes"):
+        model(**{**inputs, "pixel_values_videos": inputs["pixel_values_videos"][:2]}, group="tv")
+    with pytest.raises(ValueError, match="frame embedding slots"):
+        model(**{**inputs, "pixel_values_videos": torch.randn(3, 9, 3, 32, 32)}, group="tv")
+    with pytest.raises(ValueError, match="clip embedding slots"):
+        model(**{**inputs, "input_features": torch.randn(3, 5, 16, 32)}, group="ta")
+    with pytest.raises(ValueError, match="input_features_mask"):
+        model(**{**inputs, "input_features_mask": torch.ones(3, 3)}, group="ta")
+    with pytest.raises(ValueError, match="channels, height, width"):
+        model(**{**inputs, "pixel_values_videos": torch.randn(3, 3, 32, 32)}, group="tv")
+
+
+# ------------------------------------------------------------------------------------------ PreTrainedModel API
+def test_save_load_round_trip_and_auto_classes(tmp_path):
+    tester = ValorModelTester()
+    model = tester.create_model(ValorForPreTraining)
+    inputs = tester.prepare_inputs()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert isinstance(AutoModel.from_pretrained(tmp_path), ValorModel)
+    assert isinstance(AutoModelForPreTraining.from_pretrained(tmp_path), ValorForPreTraining)
+    assert isinstance(AutoModelForMultimodalLM.from_pretrained(tmp_path), ValorForConditionalGeneration)
+    for cls in (ValorModel, ValorForRetrieval, ValorForConditionalGeneration, ValorForPreTraining):
+        loaded, info = cls.from_pretrained(tmp_path, output_loading_info=True)
+        assert not info["missing_keys"] and not info["mismatched_keys"], (cls.__name__, info)
+    retrieval = ValorForRetrieval.from_pretrained(tmp_path).eval()
+    base = model.valor
+    expected = base.similarity(
+        *base.group_features(
+            "tva",
+            text=base.get_text_features(inputs["input_ids"], inputs["attention_mask"]),
+            video=base.get_video_features(inputs["pixel_values_videos"]),
+            audio=base.get_audio_features(inputs["input_features"]),
+        )
+    )
+    torch.testing.assert_close(retrieval(**inputs, group="tva").scores, expected)
+    reloaded = ValorForPreTraining.from_pretrained(tmp_path)
+    assert (
+        reloaded.cls.predictions.decoder.weight is reloaded.valor.text_model.embeddings.word_embeddings.weight
+    )
+
+
+def test_eager_and_sdpa_give_the_same_scores_and_logits():
+    tester = ValorModelTester()
+    inputs = tester.prepare_inputs()
+    outputs = {}
+    for attn in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        model = ValorForConditionalGeneration._from_config(
+            tester.get_config(), attn_implementation=attn
+        ).eval()
+        retrieval = ValorForRetrieval._from_config(tester.get_config(), attn_implementation=attn).eval()
+        retrieval.valor.load_state_dict(model.valor.state_dict())
+        logits = model(
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["pixel_values_videos"],
+            inputs["input_features"],
+        ).logits
+        outputs[attn] = (retrieval(**inputs, group="tva").scores, logits)
+    torch.testing.assert_close(outputs["eager"][0], outputs["sdpa"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outputs["eager"][1], outputs["sdpa"][1], atol=1e-4, rtol=1e-4)
+
+
+def test_gradient_checkpointing_gives_same_loss_and_grads():
+    tester = ValorModelTester()
+    inputs = tester.prepare_inputs()
+    results = []
+    for checkpointing in (False, True):
+        model = tester.create_model(ValorForRetrieval).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        loss = model(**inputs, group="tva", return_loss=True).loss
+        loss.backward()
+        grad = model.valor.text_model.encoder.layer[0].attention.self.query.weight.grad.clone()
+        results.append((loss.detach(), grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+
+
+def test_bfloat16_forward():
+    tester = ValorModelTester()
+    model = tester.create_model().to(torch.bfloat16)
+    inputs = tester.prepare_inputs()
+    out = model(**inputs, group="tv")
+    assert out.scores.dtype == torch.bfloat16 and torch.isfinite(out.scores.float()).all()
+
+
+def test_text_tower_hidden_states():
+    tester = ValorModelTester()
+    model = tester.create_model(ValorModel)
+    inputs = tester.prepare_inputs()
+    out = model.text_model(inputs["input_ids"], inputs["attention_mask"], output_hidden_states=True)
+    assert len(out.hidden_states) == tiny_text_config()["num_hidden_layers"] + 1
+
+
+def test_audio_config_is_a_plain_vit():
+    config = tiny_valor_config(audio_config=tiny_audio_config(image_size=[16, 64]))
+    model = ValorModel(config)
+    assert type(model.audio_model).__name__ == "ViTModel" and model.audio_model.pooler is None
+    assert model.audio_model.embeddings.position_embeddings.shape == (1, 1 + 2 * 8, 32)
