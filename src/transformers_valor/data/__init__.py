@@ -1,0 +1,1 @@
+"""Datasets, collators and the synthetic audiovisual captioning corpus."""
