@@ -848,6 +848,8 @@ class ValorForConditionalGeneration(ValorPreTrainedModel, GenerationMixin):
         prompt_ids: torch.LongTensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
         modalities: Literal["video", "audio", "both"] | None = None,
+        video_states: torch.FloatTensor | None = None,
+        audio_states: torch.FloatTensor | None = None,
         **generate_kwargs,
     ) -> torch.LongTensor:
         """
@@ -858,13 +860,18 @@ class ValorForConditionalGeneration(ValorPreTrainedModel, GenerationMixin):
             input_ids (`torch.LongTensor`, *optional*): a caption prefix starting with [CLS]; default [CLS].
             prompt_ids / prompt_attention_mask (*optional*): task prompt or question (bidirectional prefix).
             modalities (`str`, *optional*): condition on `"video"`, `"audio"` or `"both"`; default all given.
+            video_states / audio_states (`torch.FloatTensor`, *optional*): decoder inputs precomputed with
+                `encode_modalities` (to decode the same clips several times without re-encoding them).
             generate_kwargs: passed to `GenerationMixin.generate` (`num_beams`, `max_new_tokens`, `do_sample`...).
 
         Returns:
             `torch.LongTensor` of generated ids, starting with [CLS]; decode with `processor.batch_decode`.
         """
         del input_features_mask  # cross-attention has no mask: silent clips are encoded from all-zero input
-        video_states, audio_states = self.encode_modalities(pixel_values_videos, input_features, modalities)
+        if video_states is None and audio_states is None:
+            video_states, audio_states = self.encode_modalities(pixel_values_videos, input_features, modalities)
+        elif pixel_values_videos is not None or input_features is not None:
+            raise ValueError("Pass either raw inputs or precomputed `video_states`/`audio_states`, not both.")
         reference = video_states if video_states is not None else audio_states
         text_config = self.config.text_config
         if input_ids is None:
