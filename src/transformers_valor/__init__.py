@@ -3,12 +3,78 @@
 Importing the package registers the configurations, models and processors with the `transformers` Auto classes.
 """
 
-from transformers import AutoConfig
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForMultimodalLM,
+    AutoModelForPreTraining,
+    AutoProcessor,
+)
+from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
 from .configuration_valor import ValorConfig, ValorTextConfig, ValorVideoSwinConfig
+from .feature_extraction_valor import ValorFeatureExtractor
+from .losses import coarse_similarity, contrastive_loss, fine_grained_similarity, gather_with_grad
+from .modeling_valor import (
+    ValorCaptioningOutput,
+    ValorFeatures,
+    ValorForConditionalGeneration,
+    ValorForPreTraining,
+    ValorForRetrieval,
+    ValorModel,
+    ValorModelOutput,
+    ValorPreTrainedModel,
+    ValorPreTrainingOutput,
+    ValorRetrievalOutput,
+)
+from .modeling_valor_text import ValorTextModel, ValorTextModelOutput, ValorTextPreTrainedModel
+from .modeling_video_swin import ValorVideoSwinModel, ValorVideoSwinPreTrainedModel
+from .pipelines import register_pipelines
+from .processing_valor import ValorProcessor
+from .tokenization_valor import clean_caption
+from .video_processing_valor import ValorVideoProcessor
 
 AutoConfig.register("valor", ValorConfig)
 AutoConfig.register("valor_text_model", ValorTextConfig)
 AutoConfig.register("valor_video_swin", ValorVideoSwinConfig)
+AutoModel.register(ValorVideoSwinConfig, ValorVideoSwinModel)
+AutoModel.register(ValorTextConfig, ValorTextModel)
+AutoModel.register(ValorConfig, ValorModel)
+AutoModelForPreTraining.register(ValorConfig, ValorForPreTraining)
+# transformers has no AutoModelForRetrieval; ValorForRetrieval is imported directly.
+AutoModelForMultimodalLM.register(ValorConfig, ValorForConditionalGeneration)
+AutoFeatureExtractor.register(ValorConfig, ValorFeatureExtractor)
+# The real AutoVideoProcessor: `transformers.AutoVideoProcessor` is a dummy without torchvision.
+AutoVideoProcessor.register(ValorConfig, ValorVideoProcessor)
+AutoProcessor.register(ValorConfig, ValorProcessor)
+register_pipelines()
 
-__all__ = ["ValorConfig", "ValorTextConfig", "ValorVideoSwinConfig"]
+__all__ = [
+    "ValorModel",
+    "ValorPreTrainedModel",
+    "ValorForRetrieval",
+    "ValorForConditionalGeneration",
+    "ValorForPreTraining",
+    "ValorFeatures",
+    "ValorModelOutput",
+    "ValorRetrievalOutput",
+    "ValorCaptioningOutput",
+    "ValorPreTrainingOutput",
+    "ValorTextModel",
+    "ValorTextModelOutput",
+    "ValorTextPreTrainedModel",
+    "fine_grained_similarity",
+    "coarse_similarity",
+    "contrastive_loss",
+    "gather_with_grad",
+    "ValorConfig",
+    "ValorTextConfig",
+    "ValorVideoSwinConfig",
+    "ValorVideoSwinModel",
+    "ValorVideoSwinPreTrainedModel",
+    "ValorFeatureExtractor",
+    "ValorVideoProcessor",
+    "ValorProcessor",
+    "clean_caption",
+]
