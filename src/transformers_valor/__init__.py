@@ -15,7 +15,9 @@ from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
 from .configuration_valor import ValorConfig, ValorTextConfig, ValorVideoSwinConfig
 from .feature_extraction_valor import ValorFeatureExtractor
+from .initialization import init_from_encoders
 from .losses import coarse_similarity, contrastive_loss, fine_grained_similarity, gather_with_grad
+from .modelcard import create_model_card
 from .modeling_valor import (
     ValorCaptioningOutput,
     ValorFeatures,
@@ -68,6 +70,8 @@ __all__ = [
     "coarse_similarity",
     "contrastive_loss",
     "gather_with_grad",
+    "init_from_encoders",
+    "create_model_card",
     "ValorConfig",
     "ValorTextConfig",
     "ValorVideoSwinConfig",

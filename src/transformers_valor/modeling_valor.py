@@ -11,6 +11,7 @@ Input names: `input_ids`/`attention_mask` (text), `pixel_values_videos` (batch, 
 `prompt_ids`/`prompt_attention_mask` (task prompt or question).
 """
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -215,6 +216,26 @@ class ValorPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["ValorTextLayer", "ValorVideoSwinBlock", "CLIPEncoderLayer", "ViTLayer"]
     _supports_sdpa = True
     _keys_to_ignore_on_load_unexpected = [r"pooler\."]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as `PreTrainedModel.save_pretrained` does, plus a README.md model card when the folder has none."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True) and not os.path.exists(
+            os.path.join(save_directory, "README.md")
+        ):
+            from .modelcard import create_model_card
+
+            create_model_card(self, save_directory)
+
+    @classmethod
+    def from_single_modality_encoders(cls, config=None, text=None, vision=None, audio=None, **kwargs):
+        """
+        Build this VALOR class from single-modality checkpoints: a BERT (`text`), a CLIP or Video Swin (`vision`)
+        and an AST (`audio`), each a path, hub id or loaded model. See `initialization.init_from_encoders`.
+        """
+        from .initialization import init_from_encoders  # initialization imports this module
+
+        return init_from_encoders(config, text=text, vision=vision, audio=audio, model_class=cls, **kwargs)[0]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -869,7 +890,9 @@ class ValorForConditionalGeneration(ValorPreTrainedModel, GenerationMixin):
         """
         del input_features_mask  # cross-attention has no mask: silent clips are encoded from all-zero input
         if video_states is None and audio_states is None:
-            video_states, audio_states = self.encode_modalities(pixel_values_videos, input_features, modalities)
+            video_states, audio_states = self.encode_modalities(
+                pixel_values_videos, input_features, modalities
+            )
         elif pixel_values_videos is not None or input_features is not None:
             raise ValueError("Pass either raw inputs or precomputed `video_states`/`audio_states`, not both.")
         reference = video_states if video_states is not None else audio_states

@@ -1,0 +1,125 @@
+"""The `audiovisual-question-answering` pipeline: answer a question about a video's frames and soundtrack."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from transformers import GenerationConfig
+
+from .base import Modalities, ValorGenerationPipeline
+
+
+class AudioVisualQuestionAnsweringPipeline(ValorGenerationPipeline):
+    """
+    Answers questions about local video files with [`ValorForConditionalGeneration`]: the question is fed to
+    the decoder as its prompt (a bidirectional prefix every answer token sees) and the answer is decoded
+    greedily, as VALOR does for QA, unless `num_beams` / `do_sample` / `generation_config` are given.
+
+    Inputs: `pipe(video, question)`, `pipe({"video": path, "question": str})` or a list of such dicts. A list of
+    videos with one question asks it of each video; one video with a list of questions asks each; two lists of
+    the same length are paired element-wise. Each pair gives `[{"answer": str}]`.
+
+    Call arguments (also accepted when the pipeline is built): `modalities` (`"video"`, `"audio"` or
+    `"both"`, the default), `num_frames`, `num_clips`, `processor_kwargs`, `generate_kwargs` and any generation
+    parameter (`max_new_tokens` defaults to 30), `skip_special_tokens`, as in [`AudioVisualCaptioningPipeline`].
+
+    Example:
+
+    ```python
+    >>> import transformers_valor  # registers the pipeline
+    >>> from transformers import pipeline
+    >>> qa = pipeline("audiovisual-question-answering", model="path/or/repo")  # doctest: +SKIP
+    >>> qa("dog.mp4", "what is barking")  # doctest: +SKIP
+    [{'answer': 'dog'}]
+    ```
+    """
+
+    _default_generation_config = GenerationConfig(max_new_tokens=30)
+    _forced_generation_defaults = {"num_beams": 1, "do_sample": False}
+
+    def __call__(
+        self, video: Any, question: str | list[str] | None = None, **kwargs
+    ) -> list[dict[str, str]] | list[list[dict[str, str]]]:
+        """
+        Answer `question` about `video` (see the class docstring for the accepted input shapes).
+
+        Returns:
+            For one (video, question) pair, `[{"answer": str}]`; for several, one such list per pair.
+
+        Raises:
+            FileNotFoundError: a video path is not an existing file (the message names it).
+            ValueError: a question is missing or empty, list lengths differ, or `modalities` is not one of
+                `"video"`, `"audio"`, `"both"`.
+        """
+        return super().__call__(self._pair_inputs(video, question), **kwargs)
+
+    @staticmethod
+    def _pair_inputs(video: Any, question: str | list[str] | None) -> dict[str, Any] | list[dict[str, Any]]:
+        if question is None:
+            if isinstance(video, dict):
+                return video
+            if isinstance(video, list) and all(isinstance(item, dict) for item in video):
+                return video
+            raise ValueError(
+                "Give a question: `pipe(video, question)` or `pipe({'video': path, 'question': text})`."
+            )
+        single_video = isinstance(video, (str, os.PathLike))
+        single_question = isinstance(question, str)
+        if single_video and single_question:
+            return {"video": video, "question": question}
+        if single_question:
+            return [{"video": v, "question": question} for v in video]
+        if single_video:
+            return [{"video": video, "question": q} for q in question]
+        videos, questions = list(video), list(question)
+        if len(videos) != len(questions):
+            raise ValueError(
+                f"Got {len(videos)} videos and {len(questions)} questions; give one question, one video, or "
+                "lists of the same length."
+            )
+        return [{"video": v, "question": q} for v, q in zip(videos, questions)]
+
+    def _sanitize_parameters(
+        self,
+        modalities: Modalities | None = None,
+        num_frames: int | None = None,
+        num_clips: int | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
+        generate_kwargs: dict[str, Any] | None = None,
+        skip_special_tokens: bool | None = None,
+        **kwargs,
+    ):
+        preprocess_params, forward_params = self._sanitize_common(
+            modalities, num_frames, num_clips, processor_kwargs, generate_kwargs, kwargs
+        )
+        postprocess_params = {}
+        if skip_special_tokens is not None:
+            postprocess_params["skip_special_tokens"] = skip_special_tokens
+        return preprocess_params, forward_params, postprocess_params
+
+    def preprocess(
+        self,
+        inputs: dict[str, Any],
+        modalities: Modalities = "both",
+        num_frames: int | None = None,
+        num_clips: int | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Decode and process the video of a `{"video", "question"}` pair; the question becomes `prompt_ids`."""
+        if not isinstance(inputs, dict) or set(inputs) != {"video", "question"}:
+            raise ValueError(f"Each input must be a dict with keys 'video' and 'question', got {inputs!r}.")
+        question = inputs["question"]
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"The question must be a non-empty string, got {question!r}.")
+        return self._encode_media(
+            inputs["video"], modalities, num_frames, num_clips, processor_kwargs, question
+        )
+
+    def postprocess(
+        self, model_outputs: dict[str, Any], skip_special_tokens: bool = True
+    ) -> list[dict[str, str]]:
+        """Decode the generated ids to `[{"answer": str}, ...]`."""
+        return [
+            {"answer": text} for text in self._decode(model_outputs, skip_special_tokens=skip_special_tokens)
+        ]
