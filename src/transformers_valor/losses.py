@@ -132,9 +132,11 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed():
         return tensor
-    from torch.distributed._functional_collectives import all_gather_single
+    from torch.distributed._functional_collectives import all_gather_single, wait_tensor
 
-    return all_gather_single(tensor.contiguous(), 0, dist.group.WORLD)
+    # Wait at once: an async result that is never read (e.g. a gathered field the loss does not use) would be
+    # freed while gloo still writes into it, corrupting the heap.
+    return wait_tensor(all_gather_single(tensor.contiguous(), 0, dist.group.WORLD))
 
 
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:

@@ -584,9 +584,10 @@ def _check_batch_sizes(**tensors: torch.Tensor | None) -> int:
     return next(iter(sizes.values())) if sizes else 0
 
 
-def _gather_features(features: ValorFeatures) -> ValorFeatures:
-    """All-gather every tensor of `features` across processes, with gradients."""
-    return ValorFeatures(**{key: gather_with_grad(value) for key, value in features.items()})
+def _gather_features(features: ValorFeatures, contrastive_type: str) -> ValorFeatures:
+    """All-gather, with gradients, the fields of `features` that the MGA score of `contrastive_type` reads."""
+    keys = ("pooled_embeds",) if contrastive_type == "coarse" else ("embeds", "mask", "weight_logits")
+    return ValorFeatures(**{key: gather_with_grad(features[key]) for key in keys})
 
 
 class ValorForRetrieval(ValorPreTrainedModel):
@@ -646,7 +647,8 @@ class ValorForRetrieval(ValorPreTrainedModel):
         audio = valor.get_audio_features(input_features, input_features_mask) if "audio" in needed else None
         if return_loss and gather_distributed and is_distributed():
             text, video, audio = (
-                _gather_features(f) if f is not None else None for f in (text, video, audio)
+                _gather_features(f, self.config.contrastive_type) if f is not None else None
+                for f in (text, video, audio)
             )
         query, candidates = valor.group_features(group, text=text, video=video, audio=audio)
         scores = valor.similarity(query, candidates)
@@ -1040,7 +1042,10 @@ class ValorForPreTraining(ValorPreTrainedModel):
             text = valor.get_text_features(input_ids, attention_mask)
             features = {"text": text, "video": video, "audio": audio}
             if gather_distributed and is_distributed():
-                features = {k: _gather_features(v) if v is not None else None for k, v in features.items()}
+                features = {
+                    k: _gather_features(v, self.config.contrastive_type) if v is not None else None
+                    for k, v in features.items()
+                }
             for group in mga_groups:
                 query, candidates = valor.group_features(group, **features)
                 group_losses[f"mga_{group}"] = contrastive_loss(

@@ -1,0 +1,211 @@
+"""The `make demo` entry point: generate the synthetic corpus, train a small VALOR from scratch on the CPU, evaluate.
+
+Steps (each timed):
+
+1. write (or reuse) the synthetic audiovisual corpus: 2,000 training and 200 test clips;
+2. train a WordPiece vocabulary on the training captions with `tokenizers` and save a `ValorProcessor`;
+3. pretrain with `accelerate launch --multi_gpu --num_processes 2 examples/pretrain.py --config examples/configs/demo.yaml`
+   (a subprocess; two 1-thread gloo DDP processes are faster on 2 cores than one 2-thread process, and far less
+   sensitive to other load on the machine);
+4. load the saved model with `ValorModel` / `ValorForConditionalGeneration.from_pretrained`, evaluate on the test
+   split and print one table: text-to-video / audio / audiovisual retrieval, and captioning from video, audio and
+   both (BLEU-4, CIDEr, attribute accuracy); then caption one test clip straight from its .mp4.
+
+    python examples/demo.py [--output_dir outputs/demo] [--num_processes 2] [--skip_training]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "examples" / "configs" / "demo.yaml"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--output_dir", default=str(REPO / "outputs" / "demo"), help="Corpus, processor, run."
+    )
+    parser.add_argument("--num_train", type=int, default=2000)
+    parser.add_argument("--num_test", type=int, default=200)
+    parser.add_argument(
+        "--num_processes", type=int, default=2, help="Training processes (CPU: gloo DDP if > 1)."
+    )
+    parser.add_argument(
+        "--skip_training", action="store_true", help="Evaluate the model already in the run folder."
+    )
+    parser.add_argument("--set", nargs="*", default=[], help="Extra config overrides for pretrain.py.")
+    parser.add_argument("--num_beams", type=int, default=3)
+    return parser.parse_args(argv)
+
+
+def build_processor(corpus: Path, output: Path):
+    """Train the WordPiece vocabulary on the training captions and save the demo's ValorProcessor."""
+    from transformers_valor import ValorFeatureExtractor, ValorProcessor, ValorVideoProcessor
+    from transformers_valor.data.synthetic import load_metadata
+    from transformers_valor.data.vocab import train_wordpiece_tokenizer
+
+    rows = load_metadata(corpus / "train")
+    texts = [caption for row in rows for caption in row["captions"]]
+    tokenizer = train_wordpiece_tokenizer(texts, output / "vocab", vocab_size=400)
+    processor = ValorProcessor(
+        tokenizer=tokenizer,
+        video_processor=ValorVideoProcessor(num_frames=4, size=64),
+        # 2-s clips at 16 kHz give ~203 fbank frames: one clip of 208 frames (13 patches of 16) covers them.
+        feature_extractor=ValorFeatureExtractor(sampling_rate=16000, clip_length=208, num_clips=1),
+        max_text_length=24,
+    )
+    processor.save_pretrained(output)
+    return processor
+
+
+def launch_training(args: argparse.Namespace, processor_dir: Path, corpus: Path, run_dir: Path) -> None:
+    """Run examples/pretrain.py under `accelerate launch` (CPU; `--multi_gpu` gives gloo DDP with 2+ processes)."""
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+    ]
+    command += ["--dynamo_backend", "no", "--num_processes", str(args.num_processes)]
+    if args.num_processes > 1:
+        command.append("--multi_gpu")
+    command += [str(REPO / "examples" / "pretrain.py"), "--config", str(CONFIG), "--set"]
+    command += [
+        f"model.processor={processor_dir}",
+        f"datasets.0.path={corpus}",
+        f"training.output_dir={run_dir}",
+    ]
+    command += args.set
+    print("$", " ".join(command), flush=True)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=os.environ.get(
+            "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.num_processes))
+        ),
+    )
+    subprocess.run(command, check=True, env=env, cwd=REPO)
+
+
+def evaluate(model_dir: Path, corpus: Path, num_beams: int) -> dict:
+    """Retrieval and captioning on the test split; returns the table's numbers and the predictions."""
+    from transformers_valor import ValorForConditionalGeneration, ValorModel, ValorProcessor
+    from transformers_valor.data.synthetic import load_metadata
+    from transformers_valor.evaluation import (
+        decode_media,
+        encode_retrieval_set,
+        evaluate_captioning,
+        evaluate_retrieval,
+    )
+
+    processor = ValorProcessor.from_pretrained(model_dir)
+    rows = load_metadata(corpus / "test")
+    paths = [str(corpus / "test" / row["file_name"]) for row in rows]
+    media = decode_media(processor, paths, num_workers=2)
+
+    retrieval_model = ValorModel.from_pretrained(model_dir).eval()
+    features = encode_retrieval_set(retrieval_model, processor, [row["caption"] for row in rows], media)
+    retrieval = evaluate_retrieval(retrieval_model, features, ("tv", "ta", "tva"))
+
+    captioner = ValorForConditionalGeneration.from_pretrained(model_dir).eval()
+    captioning, predictions = {}, {}
+    for modalities in ("video", "audio", "both"):
+        captioning[modalities], predictions[modalities] = evaluate_captioning(
+            captioner,
+            processor,
+            media,
+            [row["captions"] for row in rows],
+            modalities=modalities,
+            rows=rows,
+            num_beams=num_beams,
+        )
+    return {"retrieval": retrieval, "captioning": captioning, "predictions": predictions, "rows": rows}
+
+
+def format_table(results: dict) -> str:
+    """One plain-text table with the retrieval and captioning numbers."""
+    lines = ["retrieval (200 test clips)   R@1     R@5     R@10    MedR"]
+    names = {"tv": "text -> video", "ta": "text -> audio", "tva": "text -> audio+video"}
+    for group in ("tv", "ta", "tva"):
+        m = results["retrieval"][group]
+        lines.append(
+            f"  {names[group]:<26} {m['R@1'] / 100:.3f}   {m['R@5'] / 100:.3f}   {m['R@10'] / 100:.3f}   "
+            f"{m['median_rank']:.1f}"
+        )
+    lines.append("captioning                   BLEU-4  CIDEr   colour  shape   direct. sound   all four")
+    for modalities, label in (("video", "video only"), ("audio", "audio only"), ("both", "video + audio")):
+        m = results["captioning"][modalities]
+        lines.append(
+            f"  {label:<26} {m['BLEU-4']:.3f}   {m['CIDEr']:.3f}   {m['attr_color']:.3f}   {m['attr_shape']:.3f}   "
+            f"{m['attr_direction']:.3f}   {m['attr_sound']:.3f}   {m['attr_all']:.3f}"
+        )
+    return "\n".join(lines)
+
+
+def caption_one(model_dir: Path, video: Path, num_beams: int) -> str:
+    """Caption one .mp4 straight from the file: processor (frames + soundtrack) then generate()."""
+    from transformers_valor import ValorForConditionalGeneration, ValorProcessor
+
+    processor = ValorProcessor.from_pretrained(model_dir)
+    model = ValorForConditionalGeneration.from_pretrained(model_dir).eval()
+    inputs = processor(videos=str(video), return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(
+            pixel_values_videos=inputs["pixel_values_videos"],
+            input_features=inputs["input_features"],
+            num_beams=num_beams,
+            max_new_tokens=30,
+        )
+    return processor.batch_decode(ids)[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the whole demo and print the results table."""
+    args = parse_args(argv)
+    from transformers_valor.data.synthetic import generate_corpus
+
+    out = Path(args.output_dir).resolve()
+    corpus, processor_dir, run_dir = out / "corpus", out / "processor", out / "run"
+    timings = {}
+    start = t0 = time.perf_counter()
+    generate_corpus(corpus, args.num_train, args.num_test, seed=0, progress=True)
+    timings["corpus"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    build_processor(corpus, processor_dir)
+    timings["vocabulary + processor"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if not args.skip_training:
+        launch_training(args, processor_dir, corpus, run_dir)
+    timings["training (accelerate launch)"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    model_dir = run_dir / "final"
+    results = evaluate(model_dir, corpus, args.num_beams)
+    timings["evaluation"] = time.perf_counter() - t0
+
+    print("\n" + format_table(results))
+    row = results["rows"][0]
+    video = corpus / "test" / row["file_name"]
+    print(f"\nexample: {video}")
+    print(f"  reference: {row['caption']}")
+    print(f"  generated: {caption_one(model_dir, video, args.num_beams)}")
+    timings["total"] = time.perf_counter() - start
+    print("\ntimings: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""Batch assembly for VALOR training: decoding through `ValorProcessor`, caption masking, undecodable samples.
+
+[`ValorPretrainingCollator`] runs inside the DataLoader workers. For one batch (all rows from one dataset, see
+`datasets.MixedBatchSampler`) it decodes every video (and soundtrack, for audiovisual datasets) with the
+processor, drops the samples that cannot be decoded (reporting their ids, paths and errors), picks one caption per
+sample, tokenises, and applies VALOR's caption masking. All randomness (caption choice, training-time frame and
+clip choice, masking) comes from a generator seeded with the batch's seed, so a resumed run rebuilds exactly the
+batches of the uninterrupted one.
+
+[`build_decoded_cache`] runs the decoding once over a whole dataset and stores the processor's outputs in a
+safetensors file keyed by the dataset's files and the processor settings; training then reads tensors instead of
+videos (evaluation-style "middle" frame/clip choice, decoded once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+
+from .datasets import DatasetConfig, torch_generator
+from .masking import CaptionMaskingConfig, mask_captions, next_token_labels
+
+logger = logging.getLogger(__name__)
+
+# What a failed decode raises: MediaBatchError/EmptyVideoError/MediaDecodeError are ValueErrors; PyAV and decord
+# raise OSError/RuntimeError subclasses on damaged containers.
+DECODE_ERRORS = (ValueError, FileNotFoundError, OSError, RuntimeError)
+MEDIA_KEYS = ("pixel_values_videos", "input_features", "input_features_mask")
+
+
+@dataclass
+class DecodeFailure:
+    """A sample that could not be decoded: its id, file and the error message."""
+
+    sample_id: str
+    path: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.sample_id} ({self.path}): {self.error}"
+
+
+def decode_sample(
+    processor,
+    path: str,
+    config: DatasetConfig,
+    sampling: Literal["middle", "random"] = "middle",
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """
+    Decode one video file with the processor, with the dataset's frame and clip counts.
+
+    Returns:
+        `pixel_values_videos` `(frames, 3, H, W)` and, for audiovisual datasets, `input_features`
+        `(clips, mel, time)` and `input_features_mask` `(clips,)`.
+
+    Raises:
+        One of `DECODE_ERRORS` when the file is missing or cannot be decoded.
+    """
+    kwargs: dict[str, Any] = {"num_frames": config.num_frames}
+    if config.uses_audio:
+        kwargs["num_clips"] = config.num_clips
+    with warnings.catch_warnings():
+        # A video without a soundtrack is a valid sample (masked audio); the extractor warns about it every call.
+        warnings.simplefilter("ignore", UserWarning)
+        out = processor(
+            videos=[path],
+            audio_from_video=config.uses_audio,
+            sampling=sampling,
+            generator=generator,
+            return_tensors="pt",
+            **kwargs,
+        )
+    return {key: out[key][0] for key in MEDIA_KEYS if key in out}
+
+
+class ValorPretrainingCollator:
+    """
+    Turn a list of dataset items (from `MixedVideoTextDataset`) into a `ValorForPreTraining` batch.
+
+    Args:
+        processor ([`ValorProcessor`]): tokenizer, video processor and feature extractor.
+        dataset_configs (`list[DatasetConfig]`): the mix, indexed by the items' `dataset_index`.
+        masking ([`CaptionMaskingConfig`]): `unimlm` masking parameters (ignored for `lm`).
+        max_text_length (`int`, *optional*): word pieces per caption (default: the processor's). Captions are
+            always padded to this length so that every process gathers MGA text features of the same shape.
+        caption_objective (`str`, defaults to `"unimlm"`): `"unimlm"` (masked captions + labels) or `"lm"`.
+        training (`bool`, defaults to `True`): random frame/clip choice (VALOR's training sampling) instead of
+            the middle of each segment; irrelevant for cached samples.
+
+    Returns (from `__call__`): a dict with `input_ids`, `attention_mask` (clean caption, for MGA),
+    `caption_input_ids`, `labels` (MGC), `pixel_values_videos`, and for audiovisual datasets `input_features`,
+    `input_features_mask`; plus `sample_ids` (list of str), `dataset` (name), `contrastive_groups`,
+    `caption_groups`, `failures` (list of [`DecodeFailure`]) and `num_items` (samples before dropping). When
+    every sample fails, the media and text keys are absent.
+    """
+
+    def __init__(
+        self,
+        processor,
+        dataset_configs: Sequence[DatasetConfig],
+        masking: CaptionMaskingConfig,
+        max_text_length: int | None = None,
+        caption_objective: Literal["unimlm", "lm"] = "unimlm",
+        training: bool = True,
+    ):
+        self.processor = processor
+        self.dataset_configs = list(dataset_configs)
+        self.masking = masking
+        self.max_text_length = max_text_length if max_text_length is not None else processor.max_text_length
+        self.caption_objective = caption_objective
+        self.training = training
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        if not items:
+            raise ValueError("Empty batch.")
+        indices = {item["dataset_index"] for item in items}
+        if len(indices) != 1:
+            raise ValueError(f"A batch must come from one dataset, got dataset indices {sorted(indices)}.")
+        config = self.dataset_configs[indices.pop()]
+        generator = torch_generator(items[0]["batch_seed"])
+        sampling = "random" if self.training else "middle"
+
+        media: list[dict[str, torch.Tensor]] = []
+        kept: list[dict[str, Any]] = []
+        failures: list[DecodeFailure] = []
+        for item in items:
+            if "decoded" in item:
+                if item["decode_error"] is not None:
+                    failures.append(
+                        DecodeFailure(item["sample_id"], item["video_path"], item["decode_error"])
+                    )
+                    continue
+                sample = {k: v.float() if v.is_floating_point() else v for k, v in item["decoded"].items()}
+            else:
+                try:
+                    sample = decode_sample(self.processor, item["video_path"], config, sampling, generator)
+                except DECODE_ERRORS as err:
+                    failures.append(
+                        DecodeFailure(item["sample_id"], item["video_path"], f"{type(err).__name__}: {err}")
+                    )
+                    continue
+            media.append(sample)
+            kept.append(item)
+        for failure in failures:
+            logger.warning("Skipping undecodable sample %s", failure)
+
+        batch: dict[str, Any] = {
+            "sample_ids": [item["sample_id"] for item in kept],
+            "dataset": config.name,
+            "contrastive_groups": list(config.contrastive_groups),
+            "caption_groups": list(config.caption_groups),
+            "failures": failures,
+            "num_items": len(items),
+        }
+        if not kept:
+            return batch
+        for key in MEDIA_KEYS:
+            if key in media[0] and (key == "pixel_values_videos" or config.uses_audio):
+                batch[key] = torch.stack([m[key] for m in media])
+
+        # One caption per sample per step, drawn from the sample's references (VALOR-1M has one, MSR-VTT 20).
+        choices = [int(torch.randint(len(item["captions"]), (1,), generator=generator)) for item in kept]
+        text = self.processor(
+            text=[item["captions"][c] for item, c in zip(kept, choices)],
+            padding="max_length",
+            max_text_length=self.max_text_length,
+            return_tensors="pt",
+        )
+        batch["input_ids"] = text["input_ids"]
+        batch["attention_mask"] = text["attention_mask"]
+        if self.caption_objective == "unimlm":
+            batch["caption_input_ids"], batch["labels"] = mask_captions(
+                text["input_ids"], self.masking, generator
+            )
+        else:
+            batch["caption_input_ids"] = text["input_ids"]
+            batch["labels"] = next_token_labels(text["input_ids"], self.masking.pad_token_id)
+        return batch
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The subset of a collated batch that `ValorForPreTraining.forward` takes."""
+    keys = (
+        "input_ids",
+        "attention_mask",
+        "caption_input_ids",
+        "labels",
+        *MEDIA_KEYS,
+        "contrastive_groups",
+        "caption_groups",
+    )
+    return {k: batch[k] for k in keys if k in batch}
+
+
+def truncate_batch(batch: dict[str, Any], size: int) -> dict[str, Any]:
+    """Keep the first `size` samples of a collated batch (processes must agree on the batch size)."""
+    out = dict(batch)
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            out[key] = value[:size]
+    out["sample_ids"] = batch["sample_ids"][:size]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Decoded cache
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _processor_settings(processor) -> dict[str, Any]:
+    video = processor.video_processor.to_dict()
+    audio = processor.feature_extractor.to_dict()
+    return {"video": video, "audio": audio}
+
+
+def decoded_cache_key(rows: dict[str, list], config: DatasetConfig, processor, dtype: str) -> str:
+    """Hash of everything the decoded tensors depend on: files (with size and mtime), settings, dtype."""
+    digest = hashlib.sha256()
+    for sample_id, path in zip(rows["sample_id"], rows["video_path"]):
+        try:
+            stat = os.stat(path)
+            signature = f"{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            signature = "missing"
+        digest.update(f"{sample_id}\0{path}\0{signature}\n".encode())
+    settings = {
+        "processor": _processor_settings(processor),
+        "num_frames": config.num_frames,
+        "num_clips": config.num_clips,
+        "audio": config.uses_audio,
+        "dtype": dtype,
+        "version": 1,
+    }
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:20]
+
+
+class _DecodeAll(torch.utils.data.Dataset):
+    def __init__(self, rows, config, processor):
+        self.rows, self.config, self.processor = rows, config, processor
+
+    def __len__(self):
+        return len(self.rows["video_path"])
+
+    def __getitem__(self, index):
+        path = self.rows["video_path"][index]
+        try:
+            return index, decode_sample(self.processor, path, self.config, "middle"), None
+        except DECODE_ERRORS as err:
+            return index, None, f"{type(err).__name__}: {err}"
+
+
+def build_decoded_cache(
+    rows: dict[str, list],
+    config: DatasetConfig,
+    processor,
+    cache_dir: str | os.PathLike,
+    num_workers: int = 0,
+    dtype: Literal["float16", "float32"] = "float16",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """
+    Decode a whole dataset once (evaluation-style "middle" frames and clips) and cache the processor outputs.
+
+    The cache is `<cache_dir>/<name>-<key>.safetensors` plus a `.json` with the failures, where the key hashes
+    the files (paths, sizes, modification times), the processor settings, the frame/clip counts and `dtype`; a
+    later call with the same inputs loads it instead of decoding. Files are written to a temporary name and
+    renamed, so an interrupted run never leaves a truncated cache.
+
+    Args:
+        rows (`dict[str, list]`): the dataset's columns (`sample_id`, `video_path`).
+        config ([`DatasetConfig`]), processor ([`ValorProcessor`]): what and how to decode.
+        cache_dir: where cache files live.
+        num_workers (`int`): DataLoader workers for the decoding pass.
+        dtype (`str`, defaults to `"float16"`): storage type of the float tensors (halves memory and disk).
+        progress (`bool`): show a progress bar.
+
+    Returns:
+        `{"pixel_values_videos": (N, T, 3, H, W), "input_features": ..., "input_features_mask": ...,
+        "ok": (N,) bool, "errors": {row: message}}`; failed rows hold zeros.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = decoded_cache_key(rows, config, processor, dtype)
+    tensor_file = cache_dir / f"{config.name}-{key}.safetensors"
+    meta_file = tensor_file.with_suffix(".json")
+    if tensor_file.is_file() and meta_file.is_file():
+        tensors = load_file(str(tensor_file))
+        meta = json.loads(meta_file.read_text())
+        tensors["errors"] = {int(k): v for k, v in meta["errors"].items()}
+        logger.info("Loaded the decoded cache %s", tensor_file)
+        return tensors
+
+    loader = DataLoader(
+        _DecodeAll(rows, config, processor),
+        batch_size=None,
+        num_workers=num_workers,
+        multiprocessing_context="fork" if num_workers and os.name == "posix" else None,
+    )
+    iterator = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(loader, desc=f"decoding {config.name}", unit="clip")
+    count = len(rows["video_path"])
+    store_dtype = getattr(torch, dtype)
+    out: dict[str, torch.Tensor] = {}
+    ok = torch.zeros(count, dtype=torch.bool)
+    errors: dict[int, str] = {}
+    for index, sample, error in iterator:
+        if sample is None:
+            errors[index] = error
+            continue
+        if not out:
+            for name, value in sample.items():
+                out[name] = torch.zeros(
+                    (count, *value.shape), dtype=store_dtype if value.is_floating_point() else value.dtype
+                )
+        for name, value in sample.items():
+            out[name][index] = value
+        ok[index] = True
+    if not out:
+        raise RuntimeError(
+            f"No sample of dataset {config.name!r} could be decoded; first errors: {list(errors.values())[:3]}"
+        )
+    out["ok"] = ok
+    tmp = tensor_file.with_name(f".{tensor_file.name}.{os.getpid()}.partial")
+    save_file(out, str(tmp))
+    meta_tmp = meta_file.with_name(f".{meta_file.name}.{os.getpid()}.partial")
+    meta_tmp.write_text(json.dumps({"errors": {str(k): v for k, v in errors.items()}, "paths": len(ok)}))
+    os.replace(meta_tmp, meta_file)
+    os.replace(tmp, tensor_file)
+    out["errors"] = errors
+    for index, error in errors.items():
+        logger.warning(
+            "Undecodable sample %s (%s): %s", rows["sample_id"][index], rows["video_path"][index], error
+        )
+    return out
