@@ -688,16 +688,8 @@ def caption_loss(
     return loss_sum, (labels != -100).sum()
 
 
-class ValorForConditionalGeneration(ValorPreTrainedModel, GenerationMixin):
-    """
-    VALOR's multimodal decoder for captioning and question answering: the shared text transformer run causally
-    with cross-attention over the video and/or audio tokens, and BERT's MLM head tied to the word embeddings.
-
-    The modalities conditioning the decoder are chosen by which inputs are passed (`pixel_values_videos`,
-    `input_features`, or both). `generate()` encodes them once and decodes with greedy search, beam search or
-    sampling. With the `unimlm` objective each step feeds a transient [MASK] token whose output predicts the
-    next word; the key/value cache never keeps that position.
-    """
+class ValorWithMLMHeadPreTrainedModel(ValorPreTrainedModel):
+    """Base of the heads that decode text: `ValorModel` plus BERT's MLM head tied to the word embeddings."""
 
     _tied_weights_keys = {
         "cls.predictions.decoder.weight": "valor.text_model.embeddings.word_embeddings.weight"
@@ -720,6 +712,18 @@ class ValorForConditionalGeneration(ValorPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Linear):
         """Replace the MLM decoder."""
         self.cls.predictions.decoder = new_embeddings
+
+
+class ValorForConditionalGeneration(ValorWithMLMHeadPreTrainedModel, GenerationMixin):
+    """
+    VALOR's multimodal decoder for captioning and question answering: the shared text transformer run causally
+    with cross-attention over the video and/or audio tokens, and BERT's MLM head tied to the word embeddings.
+
+    The modalities conditioning the decoder are chosen by which inputs are passed (`pixel_values_videos`,
+    `input_features`, or both). `generate()` encodes them once and decodes with greedy search, beam search or
+    sampling. With the `unimlm` objective each step feeds a transient [MASK] token whose output predicts the
+    next word; the key/value cache never keeps that position.
+    """
 
     def encode_modalities(
         self,
@@ -919,7 +923,7 @@ class ValorForConditionalGeneration(ValorPreTrainedModel, GenerationMixin):
         )
 
 
-class ValorForPreTraining(ValorPreTrainedModel):
+class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
     """
     VALOR pretraining: L = alpha * L_MGA + L_MGC over modality groups (default T-AV, T-V and T-A for both).
 
@@ -929,24 +933,6 @@ class ValorForPreTraining(ValorPreTrainedModel):
     MGA features are all-gathered with gradients, and the MGC loss is normalised by the global number of
     labelled tokens, so the gradients equal a single-process run on the global batch.
     """
-
-    _tied_weights_keys = {
-        "cls.predictions.decoder.weight": "valor.text_model.embeddings.word_embeddings.weight"
-    }
-
-    def __init__(self, config: ValorConfig):
-        super().__init__(config)
-        self.valor = ValorModel(config)
-        self.cls = ValorTextOnlyMLMHead(config.text_config)
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        """The shared word embeddings."""
-        return self.valor.get_input_embeddings()
-
-    def get_output_embeddings(self) -> nn.Linear:
-        """The MLM decoder (tied to the word embeddings)."""
-        return self.cls.predictions.decoder
 
     @staticmethod
     def _active_groups(requested, defaults, available: set[str], modalities_of, kind: str) -> list[str]:

@@ -218,12 +218,12 @@ class ValorTextSelfAttention(nn.Module):
         return attn_output, attn_weights
 
 
-class ValorTextSelfOutput(nn.Module):
-    """Output projection, dropout and post-norm residual (BERT's `attention.output`)."""
+class ValorTextResidualOutput(nn.Module):
+    """Projection to the hidden width, dropout and post-norm residual (BERT's `attention.output` and `output`)."""
 
-    def __init__(self, config: ValorTextConfig):
+    def __init__(self, config: ValorTextConfig, input_size: int):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(input_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -238,7 +238,7 @@ class ValorTextAttention(nn.Module):
     def __init__(self, config: ValorTextConfig, cache_index: int, is_cross_attention: bool = False):
         super().__init__()
         self.self = ValorTextSelfAttention(config, cache_index, is_cross_attention)
-        self.output = ValorTextSelfOutput(config)
+        self.output = ValorTextResidualOutput(config, config.hidden_size)
 
     def forward(
         self,
@@ -265,20 +265,6 @@ class ValorTextIntermediate(nn.Module):
         return self.intermediate_act_fn(self.dense(hidden_states))
 
 
-class ValorTextOutput(nn.Module):
-    """Second MLP projection, dropout and post-norm residual (BERT's `output`)."""
-
-    def __init__(self, config: ValorTextConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        """Project down, drop out, add the residual and normalise."""
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
-
-
 class ValorTextLayer(GradientCheckpointingLayer):
     """One BERT layer with VALOR's cross-attention sub-block(s) between self-attention and the MLP."""
 
@@ -297,7 +283,7 @@ class ValorTextLayer(GradientCheckpointingLayer):
                 )
                 setattr(self, name, module)
         self.intermediate = ValorTextIntermediate(config)
-        self.output = ValorTextOutput(config)
+        self.output = ValorTextResidualOutput(config, config.intermediate_size)
 
     def _cross_attend(self, hidden_states, video_states, audio_states, cache):
         if self.cross_attention_layout == "concat":
