@@ -1,6 +1,8 @@
 """VALOR training with Hugging Face Accelerate: YAML config, model initialisation, optimizer, schedule, loop.
 
-The pieces are reusable by any VALOR training script (pretraining, fine-tuning):
+One loop serves pretraining and the downstream tasks: the YAML's `task:` (`pretrain`, `retrieval`, `captioning`,
+`qa`) picks the model class and the objective (see `transformers_valor.finetuning`); data, optimizer, schedule,
+checkpoints, exact resume and the NaN guard are shared. The pieces are reusable by any VALOR training script:
 
 - [`PretrainConfig`] (and its parts) and [`load_config`]: the YAML schema (documented in docs/pretraining.md);
 - [`build_model`]: from scratch (a `ValorConfig`), from a VALOR checkpoint, or from pretrained single-modality
@@ -44,8 +46,11 @@ from .configuration_valor import ValorConfig
 from .data.collator import ValorPretrainingCollator, build_decoded_cache, model_inputs, truncate_batch
 from .data.datasets import DatasetConfig, MixedBatchSampler, MixedVideoTextDataset, load_mixture
 from .data.masking import CaptionMaskingConfig
+from .evaluation import EvaluationArguments
+from .finetuning import TASK_MODEL_CLASSES, TASKS, SCSTArguments, ValorFinetuningModule
 from .initialization import init_from_encoders
-from .modeling_valor import ValorForPreTraining
+from .metrics import CiderD
+from .modeling_valor import ValorForPreTraining, ValorPreTrainingOutput
 from .processing_valor import ValorProcessor
 
 logger = logging.getLogger(__name__)
@@ -197,13 +202,22 @@ class TrainingArguments:
 
 @dataclass
 class PretrainConfig:
-    """The whole YAML file: `model`, `datasets`, `data`, `optimizer`, `training`."""
+    """
+    The whole YAML file: `task`, `model`, `datasets`, `data`, `optimizer`, `training`, and for fine-tuning `scst`
+    (captioning) and `evaluation` (the test sets).
+
+    `task` (defaults to `"pretrain"`): `pretrain`, `retrieval`, `captioning` or `qa` (see
+    `transformers_valor.finetuning`).
+    """
 
     model: ModelArguments
     datasets: list[DatasetConfig]
     data: DataArguments = field(default_factory=DataArguments)
     optimizer: OptimizerArguments = field(default_factory=OptimizerArguments)
     training: TrainingArguments = field(default_factory=TrainingArguments)
+    task: str = "pretrain"
+    scst: SCSTArguments = field(default_factory=SCSTArguments)
+    evaluation: EvaluationArguments = field(default_factory=EvaluationArguments)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data (what is logged to the trackers and saved beside the checkpoints)."""
@@ -224,28 +238,47 @@ def config_from_dict(values: dict[str, Any], base_dir: str | os.PathLike | None 
     Build a [`PretrainConfig`] from plain data (a parsed YAML). Unknown keys raise a ValueError naming them.
     Relative dataset paths and the processor path are resolved against `base_dir` when they exist there.
     """
-    unknown = sorted(set(values) - {"model", "datasets", "data", "optimizer", "training"})
+    sections = ("task", "model", "datasets", "data", "optimizer", "training", "scst", "evaluation")
+    unknown = sorted(set(values) - set(sections))
     if unknown:
-        raise ValueError(
-            f"Unknown top-level key(s) {unknown}; expected model, datasets, data, optimizer, training."
-        )
+        raise ValueError(f"Unknown top-level key(s) {unknown}; expected some of {', '.join(sections)}.")
+    task = values.get("task", "pretrain")
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {list(TASKS)}, got {task!r}.")
     if not values.get("datasets"):
         raise ValueError("The config lists no `datasets`.")
     model = _build(ModelArguments, values.get("model"), "model")
     if not model.processor:
         raise ValueError("`model.processor` (a saved ValorProcessor) is required.")
     dataset_configs = [_build(DatasetConfig, d, f"datasets[{i}]") for i, d in enumerate(values["datasets"])]
+    evaluation_values = dict(values.get("evaluation") or {})
+    eval_datasets = [
+        _build(DatasetConfig, d, f"evaluation.datasets[{i}]")
+        for i, d in enumerate(evaluation_values.pop("datasets", None) or [])
+    ]
+    evaluation = _build(EvaluationArguments, evaluation_values, "evaluation")
+    evaluation.datasets = eval_datasets
     if base_dir is not None:
-        for d in dataset_configs:
+        for d in dataset_configs + eval_datasets:
             candidate = Path(base_dir) / d.path
             if d.format != "hub" and not Path(d.path).is_absolute() and candidate.exists():
                 d.path = str(candidate)
+    scst = _build(SCSTArguments, values.get("scst"), "scst")
+    if scst.enabled and task != "captioning":
+        raise ValueError(f"`scst.enabled` applies to `task: captioning`, not {task!r}.")
+    if task == "qa" and any(d.question_column is None for d in dataset_configs):
+        raise ValueError(
+            "`task: qa` needs `question_column` on every dataset (the question is the decoder prompt)."
+        )
     return PretrainConfig(
         model=model,
         datasets=dataset_configs,
         data=_build(DataArguments, values.get("data"), "data"),
         optimizer=_build(OptimizerArguments, values.get("optimizer"), "optimizer"),
         training=_build(TrainingArguments, values.get("training"), "training"),
+        task=task,
+        scst=scst,
+        evaluation=evaluation,
     )
 
 
@@ -326,15 +359,17 @@ def _without_architecture(values: dict[str, Any] | None, name: str) -> dict[str,
     return {k: v for k, v in values.items() if k not in _ARCHITECTURE_FIELDS}
 
 
-def build_model(args: ModelArguments, processor: ValorProcessor) -> ValorForPreTraining:
+def build_model(args: ModelArguments, processor: ValorProcessor, model_class: type = ValorForPreTraining):
     """
-    Create the model to train: a saved VALOR model, or a new one from `config`/`config_name_or_path` whose text
+    Create the model to train, an instance of `model_class` (`ValorForPreTraining` by default; the fine-tuning
+    tasks pass `ValorForRetrieval` or `ValorForConditionalGeneration`, whose weights load from a checkpoint of any
+    VALOR head): a saved VALOR model, or a new one from `config`/`config_name_or_path` whose text
     vocabulary follows the processor's tokenizer, optionally initialised from pretrained single-modality encoders
     (through [`~transformers_valor.initialization.init_from_encoders`]; the sub-config of a tower given as an
     encoder is derived from that encoder, and the YAML's entries for it only update it, e.g. special ids).
     """
     if args.pretrained_model_name_or_path:
-        model = ValorForPreTraining.from_pretrained(args.pretrained_model_name_or_path)
+        model = model_class.from_pretrained(args.pretrained_model_name_or_path)
     else:
         if args.config_name_or_path:
             values = ValorConfig.from_pretrained(args.config_name_or_path).to_dict()
@@ -344,7 +379,7 @@ def build_model(args: ModelArguments, processor: ValorProcessor) -> ValorForPreT
         if not any(encoders.values()):
             config = ValorConfig(**values)
             _sync_text_config_with_tokenizer(config, processor.tokenizer)
-            model = ValorForPreTraining(ValorConfig(**config.to_dict()))
+            model = model_class(ValorConfig(**config.to_dict()))
         else:
             features = processor.feature_extractor
             if args.text_encoder:
@@ -366,6 +401,7 @@ def build_model(args: ModelArguments, processor: ValorProcessor) -> ValorForPreT
                 vision=args.vision_encoder,
                 audio=args.audio_encoder,
                 image_size=processor.video_processor.size["height"],
+                model_class=model_class,
                 **values,
             )
             logger.info(
@@ -629,11 +665,22 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def create_accelerator(config: PretrainConfig) -> Accelerator:
-    """An Accelerator set up from the config (accumulation, precision, trackers, project dir)."""
+    """
+    An Accelerator set up from the config (accumulation, precision, trackers, project dir).
+
+    Fine-tuning always runs DDP with `find_unused_parameters=True`: retrieval leaves the decoder's cross-attention
+    unused, captioning and QA the MGA projections, weight MLPs and temperature.
+    """
     args = config.training
     kwargs: dict[str, Any] = {}
     if args.mixed_precision is not None:
         kwargs["mixed_precision"] = args.mixed_precision
+    find_unused = args.find_unused_parameters
+    if config.task != "pretrain" and not find_unused:
+        logger.warning(
+            "task %r leaves parameters unused: DDP's find_unused_parameters is turned on.", config.task
+        )
+        find_unused = True
     return Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=list(args.report_to) or None,
@@ -642,7 +689,7 @@ def create_accelerator(config: PretrainConfig) -> Accelerator:
         ),
         # Without a GPU, run on CPU (with gloo when launched with several processes).
         cpu=not torch.cuda.is_available(),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.find_unused_parameters)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
         **kwargs,
     )
 
@@ -654,7 +701,8 @@ def train(
     accelerator: Accelerator | None = None,
 ) -> TrainResult:
     """
-    Pretrain VALOR as configured, under Accelerate (single process, DDP, FSDP or DeepSpeed per `accelerate launch`).
+    Pretrain or fine-tune VALOR as configured (`config.task`), under Accelerate (single process, DDP, FSDP or
+    DeepSpeed per `accelerate launch`).
 
     Args:
         config ([`PretrainConfig`]): the run.
@@ -682,8 +730,16 @@ def train(
         (output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     processor = ValorProcessor.from_pretrained(config.model.processor)
-    model = build_model(config.model, processor)
-    loader, sampler, _ = build_dataloader(config, processor, model.config, accelerator)
+    model = build_model(config.model, processor, TASK_MODEL_CLASSES[config.task])
+    loader, sampler, mix = build_dataloader(config, processor, model.config, accelerator)
+    if config.task != "pretrain":
+        # The task's model and objective in one module, so that DDP sees one forward per backward.
+        scorer = None
+        if config.scst.enabled:
+            # CIDEr-D document frequencies from every training reference, computed once.
+            references = [captions for rows in mix._rows for captions in rows["captions"]]
+            scorer = CiderD(references, sigma=config.scst.cider_sigma)
+        model = ValorFinetuningModule(model, config.task, config.scst, scorer, processor.tokenizer)
 
     accumulation = args.gradient_accumulation_steps
     if args.max_steps is not None:
@@ -719,7 +775,7 @@ def train(
         from tqdm.auto import tqdm
 
         progress = tqdm(
-            total=total_steps, initial=state.step, desc="pretraining", unit="step", dynamic_ncols=True
+            total=total_steps, initial=state.step, desc=config.task, unit="step", dynamic_ncols=True
         )
     data = config.data
     window: dict[str, float] = {}
@@ -772,6 +828,8 @@ def train(
                 k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v
                 for k, v in model_inputs(batch).items()
             }
+            if config.task != "pretrain":
+                inputs["references"] = batch["references"]
 
             with accelerator.accumulate(model):
                 output = model(**inputs)
@@ -787,12 +845,7 @@ def train(
                     scheduler.step()
                 optimizer.zero_grad()
 
-            components = {"loss": loss.detach()}
-            if output.contrastive_loss is not None:
-                components["mga"] = output.contrastive_loss.detach()
-            if output.caption_loss is not None:
-                components["mgc"] = output.caption_loss.detach()
-            components.update({k: v.detach() for k, v in output.group_losses.items()})
+            components = _loss_components(output, loss)
             for key, value in components.items():
                 step_sum[key] = step_sum.get(key, 0.0) + float(value)
             step_micro += 1
@@ -823,7 +876,7 @@ def train(
                 logs["train/learning_rate"] = scheduler.get_last_lr()[0]
                 logs["train/samples_per_second"] = samples_in_window / max(elapsed, 1e-9)
                 logs["train/temperature"] = float(
-                    1.0 / accelerator.unwrap_model(model).valor.get_logit_scale().detach()
+                    1.0 / _valor_model(accelerator, model).get_logit_scale().detach()
                 )
                 logs["train/decode_failures"] = state.samples_failed
                 accelerator.log(logs, step=state.step)
@@ -857,6 +910,28 @@ def train(
     return TrainResult(step=state.step, losses=losses, final_dir=final_dir, last_checkpoint=last_checkpoint)
 
 
+def _loss_components(output, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The logged parts of a step's loss: pretraining's `mga`, `mgc` and per-group losses, or a task's components."""
+    components = {"loss": loss.detach()}
+    if isinstance(output, ValorPreTrainingOutput):
+        if output.contrastive_loss is not None:
+            components["mga"] = output.contrastive_loss.detach()
+        if output.caption_loss is not None:
+            components["mgc"] = output.caption_loss.detach()
+        components.update({k: v.detach() for k, v in output.group_losses.items()})
+    else:
+        components.update({k: v.detach() for k, v in output.components.items()})
+    return components
+
+
+def _valor_model(accelerator: Accelerator, model):
+    """The `ValorModel` inside a prepared training model (pretraining head or fine-tuning module)."""
+    unwrapped = accelerator.unwrap_model(model)
+    if isinstance(unwrapped, ValorFinetuningModule):
+        unwrapped = unwrapped.model
+    return unwrapped.valor
+
+
 def _stop_on_nan(accelerator: Accelerator, args: TrainingArguments, state: TrainState, batch, loss) -> None:
     """Save the last good state (before this step's update) and raise NonFiniteLossError on every process."""
     sample_ids = [sid for ids in gather_object([batch["sample_ids"]]) for sid in ids]
@@ -869,11 +944,17 @@ def _stop_on_nan(accelerator: Accelerator, args: TrainingArguments, state: Train
 
 
 def save_final_model(accelerator: Accelerator, model, processor: ValorProcessor, final_dir: Path) -> Path:
-    """`save_pretrained` of the trained model (full state dict gathered under FSDP/DeepSpeed) and the processor."""
+    """
+    `save_pretrained` of the trained model (full state dict gathered under FSDP/DeepSpeed) and the processor; a
+    fine-tuning module saves the task's model (e.g. a `ValorForRetrieval` folder).
+    """
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
+        if isinstance(unwrapped, ValorFinetuningModule):
+            unwrapped = unwrapped.model
+            state_dict = {k[len("model.") :]: v for k, v in state_dict.items() if k.startswith("model.")}
         unwrapped.save_pretrained(final_dir, state_dict=state_dict, safe_serialization=True)
         processor.save_pretrained(final_dir)
     accelerator.wait_for_everyone()

@@ -62,20 +62,21 @@ def decode_sample(
     Decode one video file with the processor, with the dataset's frame and clip counts.
 
     Returns:
-        `pixel_values_videos` `(frames, 3, H, W)` and, for audiovisual datasets, `input_features`
-        `(clips, mel, time)` and `input_features_mask` `(clips,)`.
+        `pixel_values_videos` `(frames, 3, H, W)` (not for audio datasets) and, for audiovisual and audio datasets,
+        `input_features` `(clips, mel, time)` and `input_features_mask` `(clips,)`.
 
     Raises:
         One of `DECODE_ERRORS` when the file is missing or cannot be decoded.
     """
-    kwargs: dict[str, Any] = {"num_frames": config.num_frames}
+    kwargs: dict[str, Any] = {"num_frames": config.num_frames} if config.uses_video else {}
     if config.uses_audio:
         kwargs["num_clips"] = config.num_clips
+    media: dict[str, Any] = {"videos": [path]} if config.uses_video else {"audios": [path]}
     with warnings.catch_warnings():
         # A video without a soundtrack is a valid sample (masked audio); the extractor warns about it every call.
         warnings.simplefilter("ignore", UserWarning)
         out = processor(
-            videos=[path],
+            **media,
             audio_from_video=config.uses_audio,
             sampling=sampling,
             generator=generator,
@@ -100,8 +101,11 @@ class ValorPretrainingCollator:
             the middle of each segment; irrelevant for cached samples.
 
     Returns (from `__call__`): a dict with `input_ids`, `attention_mask` (clean caption, for MGA),
-    `caption_input_ids`, `labels` (MGC), `pixel_values_videos`, and for audiovisual datasets `input_features`,
-    `input_features_mask`; plus `sample_ids` (list of str), `dataset` (name), `contrastive_groups`,
+    `caption_input_ids`, `labels` (MGC), `pixel_values_videos` (not for audio datasets), and for audiovisual and
+    audio datasets `input_features`, `input_features_mask`; for question answering rows (with a `question`),
+    `prompt_ids` and `prompt_attention_mask` (the question, the decoder's bidirectional prefix); plus
+    `references` (every caption of every kept sample, for SCST rewards), `sample_ids` (list of str), `dataset`
+    (name), `contrastive_groups`,
     `caption_groups`, `failures` (list of [`DecodeFailure`]) and `num_items` (samples before dropping). When
     every sample fails, the media and text keys are absent.
     """
@@ -180,6 +184,16 @@ class ValorPretrainingCollator:
         )
         batch["input_ids"] = text["input_ids"]
         batch["attention_mask"] = text["attention_mask"]
+        batch["references"] = [list(item["captions"]) for item in kept]
+        if "question" in kept[0]:
+            questions = self.processor(
+                prompts=[item["question"] for item in kept],
+                padding="max_length",
+                max_text_length=self.max_text_length,
+                return_tensors="pt",
+            )
+            batch["prompt_ids"] = questions["prompt_ids"]
+            batch["prompt_attention_mask"] = questions["prompt_attention_mask"]
         if self.caption_objective == "unimlm":
             batch["caption_input_ids"], batch["labels"] = mask_captions(
                 text["input_ids"], self.masking, generator
@@ -198,6 +212,8 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
         "caption_input_ids",
         "labels",
         *MEDIA_KEYS,
+        "prompt_ids",
+        "prompt_attention_mask",
         "contrastive_groups",
         "caption_groups",
     )
@@ -211,6 +227,8 @@ def truncate_batch(batch: dict[str, Any], size: int) -> dict[str, Any]:
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             out[key] = value[:size]
     out["sample_ids"] = batch["sample_ids"][:size]
+    if "references" in batch:
+        out["references"] = batch["references"][:size]
     return out
 
 
@@ -243,6 +261,8 @@ def decoded_cache_key(rows: dict[str, list], config: DatasetConfig, processor, d
         "dtype": dtype,
         "version": 1,
     }
+    if not config.uses_video:  # added only for audio datasets, so existing cache keys stay valid
+        settings["video"] = False
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:20]
 

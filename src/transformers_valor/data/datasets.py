@@ -8,10 +8,18 @@ A dataset is a folder (or a Hub dataset) of video files plus annotations in one 
 - `valor_json` (VALOR-32K / VALOR-1M / the reference's MSR-VTT files): a JSON list of
   `{"video_id": ..., "desc": str | list}` (`caption`/`captions` are accepted for `desc`), the videos being
   `<video_dir>/<video_id>.<ext>`;
-- `hub`: any dataset `datasets.load_dataset` can open, with a video-path column and a caption column.
+- `hub`: any dataset `datasets.load_dataset` can open, with a video-path column and a caption column;
+- the layouts the downstream benchmarks are distributed in (documented folder by folder in docs/tasks/):
+  `msrvtt` (an annotation JSON with `"sentences": [{"video_id", "caption"}]`, or the 1k-A test CSV with
+  `video_id`/`sentence` columns, plus an optional id list per split), `vatex` (a JSON list of
+  `{"videoID", "enCap": [...]}`), `audiocaps` (a CSV `audiocap_id, youtube_id, start_time, caption`, audio files
+  named by YouTube id) and `clotho` (a CSV `file_name, caption_1 .. caption_5`).
+
+Question answering rows carry a question besides the answer: with `question_column` set, the loaders keep it in a
+`question` column and the answer (`caption_column`, default `answer`) becomes the single caption.
 
 Every loader returns a `datasets.Dataset` with the same three columns: `sample_id` (str), `video_path` (str)
-and `captions` (list of str). Settings that differ between datasets of one run (modality groups, frames, audio
+and `captions` (list of str), plus `question` (str) for question answering data. Settings that differ between datasets of one run (modality groups, frames, audio
 clips, sampling weight) live in [`DatasetConfig`]. [`MixedBatchSampler`] draws every batch from one dataset,
 chosen with the configured ratios, so that a batch has one set of groups and one frame/clip count on every
 process, as VALOR's pretraining alternates VALOR-1M, WebVid and CC3M batches.
@@ -38,13 +46,27 @@ from ..configuration_valor import CAPTION_GROUPS, CONTRASTIVE_GROUPS
 
 logger = logging.getLogger(__name__)
 
-AnnotationFormat = Literal["metadata", "valor_json", "hub"]
-Modality = Literal["audiovisual", "video", "image"]
+AnnotationFormat = Literal["metadata", "valor_json", "hub", "msrvtt", "vatex", "audiocaps", "clotho"]
+ANNOTATION_FORMATS: tuple[str, ...] = (
+    "metadata",
+    "valor_json",
+    "hub",
+    "msrvtt",
+    "vatex",
+    "audiocaps",
+    "clotho",
+)
+Modality = Literal["audiovisual", "video", "image", "audio"]
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv")
 # Groups a dataset trains when the config does not name them: VALOR trains T-AV, T-V and T-A on audiovisual
-# data (VALOR-1M) and T-V alone on silent video and images (WebVid, CC3M).
-DEFAULT_GROUPS: dict[str, list[str]] = {"audiovisual": ["tva", "tv", "ta"], "video": ["tv"], "image": ["tv"]}
+# data (VALOR-1M) and T-V alone on silent video and images (WebVid, CC3M); audio-only data (AudioCaps, Clotho) T-A.
+DEFAULT_GROUPS: dict[str, list[str]] = {
+    "audiovisual": ["tva", "tv", "ta"],
+    "video": ["tv"],
+    "image": ["tv"],
+    "audio": ["ta"],
+}
 _ID_KEYS = ("video_id", "clip_id", "id", "image_id")
 _CAPTION_KEYS = ("desc", "captions", "caption", "descs", "text")
 
@@ -57,10 +79,14 @@ class DatasetConfig:
     Args:
         name (`str`): short name, used in logs and to key the decoded cache.
         path (`str`): the dataset folder, or a Hub id for `format: hub`.
-        format (`str`, defaults to `"metadata"`): `"metadata"`, `"valor_json"` or `"hub"` (see the module doc).
+        format (`str`, defaults to `"metadata"`): `"metadata"`, `"valor_json"`, `"hub"`, or a benchmark layout:
+            `"msrvtt"`, `"vatex"`, `"audiocaps"`, `"clotho"` (see the module doc and docs/tasks/).
         split (`str`, defaults to `"train"`): split sub-folder (`metadata`), or split name (`hub`).
-        annotation_file (`str`, *optional*): `valor_json`: the JSON file (relative to `path` or absolute);
-            `metadata`: a specific metadata file instead of `metadata.jsonl`/`.csv`.
+        annotation_file (`str`, *optional*): `valor_json`, `msrvtt`, `vatex`, `audiocaps`, `clotho`: the annotation
+            file (relative to `path` or absolute); `metadata`: a specific metadata file instead of
+            `metadata.jsonl`/`.csv`.
+        id_list (`str`, *optional*): a text file with one video id per line (relative to `path` or absolute); only
+            those videos are kept, in the file's order (MSR-VTT's and VALOR-32K's split lists).
         video_dir (`str`, *optional*): folder of the videos when it is not the annotation folder (relative to
             `path` or absolute).
         video_column (`str`, defaults to `"file_name"`): column holding the file name (`metadata`, `hub`); a Hub
@@ -68,10 +94,13 @@ class DatasetConfig:
         caption_column (`str`, *optional*): caption column; by default `captions` when present, else `caption`.
         id_column (`str`, *optional*): sample id column; by default `id`/`video_id` when present, else the file
             name without extension.
+        question_column (`str`, *optional*): question answering: the question column (JSON key); the answer is read
+            from `caption_column` (default `answer`).
         modality (`str`, defaults to `"audiovisual"`): `"audiovisual"` (videos with sound), `"video"` (no sound is
-            used) or `"image"` (still images, read as 1-frame videos).
+            used), `"image"` (still images, read as 1-frame videos) or `"audio"` (audio or video files of which
+            only the soundtrack is used).
         contrastive_groups / caption_groups (`list[str]`, *optional*): MGA / MGC groups trained on this dataset;
-            default `[tva, tv, ta]` for audiovisual data and `[tv]` otherwise.
+            default `[tva, tv, ta]` for audiovisual data, `[ta]` for audio and `[tv]` otherwise.
         ratio (`float`, defaults to 1.0): sampling weight of the dataset in the mix (batches are drawn with
             probability proportional to it).
         num_frames (`int`, defaults to 4): frames sampled per video (forced to 1 for images).
@@ -84,10 +113,12 @@ class DatasetConfig:
     format: AnnotationFormat = "metadata"
     split: str = "train"
     annotation_file: str | None = None
+    id_list: str | None = None
     video_dir: str | None = None
     video_column: str = "file_name"
     caption_column: str | None = None
     id_column: str | None = None
+    question_column: str | None = None
     modality: Modality = "audiovisual"
     contrastive_groups: list[str] | None = None
     caption_groups: list[str] | None = None
@@ -97,9 +128,9 @@ class DatasetConfig:
     max_samples: int | None = None
 
     def __post_init__(self):
-        if self.format not in ("metadata", "valor_json", "hub"):
+        if self.format not in ANNOTATION_FORMATS:
             raise ValueError(
-                f"dataset {self.name!r}: `format` must be metadata, valor_json or hub, got {self.format!r}."
+                f"dataset {self.name!r}: `format` must be one of {list(ANNOTATION_FORMATS)}, got {self.format!r}."
             )
         if self.modality not in DEFAULT_GROUPS:
             raise ValueError(
@@ -117,6 +148,11 @@ class DatasetConfig:
         for group in self.caption_groups:
             if group not in CAPTION_GROUPS:
                 raise ValueError(f"dataset {self.name!r}: unknown caption group {group!r}.")
+        if self.modality == "audio" and any("v" in g for g in self.contrastive_groups + self.caption_groups):
+            raise ValueError(
+                f"dataset {self.name!r} has modality 'audio' (no frames) but trains video groups "
+                f"{self.contrastive_groups} / {self.caption_groups}."
+            )
         if not self.uses_audio and any("a" in g for g in self.contrastive_groups + self.caption_groups):
             raise ValueError(
                 f"dataset {self.name!r} has modality {self.modality!r} (no audio) but trains audio groups "
@@ -131,8 +167,13 @@ class DatasetConfig:
 
     @property
     def uses_audio(self) -> bool:
-        """Whether the dataset's soundtracks are decoded (only audiovisual datasets)."""
-        return self.modality == "audiovisual"
+        """Whether the dataset's soundtracks are decoded (audiovisual and audio datasets)."""
+        return self.modality in ("audiovisual", "audio")
+
+    @property
+    def uses_video(self) -> bool:
+        """Whether frames are decoded (every modality but `audio`)."""
+        return self.modality != "audio"
 
 
 def _resolve(root: Path, value: str | None) -> Path | None:
@@ -182,37 +223,186 @@ def _load_metadata(config: DatasetConfig) -> datasets.Dataset:
     return _normalise(table, config, video_dir, str(meta))
 
 
-def _load_valor_json(config: DatasetConfig) -> datasets.Dataset:
-    root = Path(config.path).expanduser()
+def _read_id_list(root: Path, config: DatasetConfig) -> list[str] | None:
+    """The ids of `config.id_list` (one per line, blank lines skipped), or None without a list."""
+    if config.id_list is None:
+        return None
+    with open(_resolve(root, config.id_list), encoding="utf-8") as handle:
+        return [line.strip() for line in handle if line.strip()]
+
+
+def _require_annotation(config: DatasetConfig) -> Path:
     if config.annotation_file is None:
-        raise ValueError(f"dataset {config.name!r}: `format: valor_json` needs `annotation_file`.")
-    annotation = _resolve(root, config.annotation_file)
+        raise ValueError(f"dataset {config.name!r}: `format: {config.format}` needs `annotation_file`.")
+    return _resolve(Path(config.path).expanduser(), config.annotation_file)
+
+
+def _rows_from_groups(
+    config: DatasetConfig,
+    grouped: dict[str, list[str]],
+    where: str,
+    file_names: dict[str, str] | None = None,
+) -> datasets.Dataset:
+    """
+    Rows `sample_id, video_path, captions` from `{id: [captions]}` (insertion order), restricted to and ordered by
+    the id list when there is one. Files are looked up by id stem in `video_dir` (default `path`), or named by
+    `file_names[id]`; a missing file keeps its expected name so that it is counted as undecodable, not dropped.
+    """
+    root = Path(config.path).expanduser()
+    video_dir = _resolve(root, config.video_dir) or root
+    stems = _index_videos(video_dir) if video_dir.is_dir() else {}
+    ids = _read_id_list(root, config)
+    if ids is not None:
+        unknown = [i for i in ids if i not in grouped]
+        if unknown:
+            raise ValueError(
+                f"dataset {config.name!r}: {len(unknown)} id(s) of {config.id_list} have no caption in {where}, "
+                f"e.g. {unknown[:3]}."
+            )
+    rows = []
+    for sample_id in ids if ids is not None else list(grouped):
+        if file_names is not None:
+            file_name = file_names[sample_id]
+        else:
+            file_name = stems.get(sample_id, f"{sample_id}.mp4")
+        rows.append(
+            {
+                "sample_id": sample_id,
+                "video_path": str(video_dir / file_name),
+                "captions": _as_caption_list(grouped[sample_id], f"{where} id {sample_id}"),
+            }
+        )
+    return datasets.Dataset.from_list(rows)
+
+
+def _load_valor_json(config: DatasetConfig) -> datasets.Dataset:
+    annotation = _require_annotation(config)
     with open(annotation, encoding="utf-8") as handle:
         entries = json.load(handle)
     if isinstance(entries, dict):  # {video_id: captions}
         entries = [{"video_id": key, "desc": value} for key, value in entries.items()]
-    video_dir = _resolve(root, config.video_dir) or root
-    stems = _index_videos(video_dir)
-    rows = []
+    if config.question_column is not None:
+        return _qa_rows(config, entries, str(annotation))
+    caption_keys = (config.caption_column,) if config.caption_column else _CAPTION_KEYS
+    grouped: dict[str, list[str]] = {}
     for position, entry in enumerate(entries):
         where = f"{annotation} entry {position}"
-        key = next((k for k in _ID_KEYS if k in entry), None)
-        text_key = next((k for k in _CAPTION_KEYS if k in entry), None)
+        key = (
+            config.id_column if config.id_column in entry else next((k for k in _ID_KEYS if k in entry), None)
+        )
+        text_key = next((k for k in caption_keys if k in entry), None)
         if key is None or text_key is None:
             raise ValueError(
-                f"{where} needs a video id ({'/'.join(_ID_KEYS)}) and captions ({'/'.join(_CAPTION_KEYS)})."
+                f"{where} needs a video id ({'/'.join(_ID_KEYS)}) and captions ({'/'.join(caption_keys)})."
+            )
+        captions = _as_caption_list(entry[text_key], where)
+        grouped.setdefault(str(entry[key]), []).extend(captions)
+    return _rows_from_groups(config, grouped, str(annotation))
+
+
+def _qa_rows(config: DatasetConfig, entries: list[dict[str, Any]], where: str) -> datasets.Dataset:
+    """Question answering rows (one per question) from JSON entries with a video id, a question and an answer."""
+    root = Path(config.path).expanduser()
+    video_dir = _resolve(root, config.video_dir) or root
+    stems = _index_videos(video_dir) if video_dir.is_dir() else {}
+    answer_key = config.caption_column or "answer"
+    keep = _read_id_list(root, config)
+    keep = set(keep) if keep is not None else None
+    rows = []
+    for position, entry in enumerate(entries):
+        key = (
+            config.id_column if config.id_column in entry else next((k for k in _ID_KEYS if k in entry), None)
+        )
+        if key is None or config.question_column not in entry or answer_key not in entry:
+            raise ValueError(
+                f"{where} entry {position} needs a video id, {config.question_column!r} and {answer_key!r}."
             )
         video_id = str(entry[key])
-        # A missing file is kept (with its expected name) so that it is counted as undecodable, not dropped silently.
-        file_name = stems.get(video_id, f"{video_id}.mp4")
+        if keep is not None and video_id not in keep:
+            continue
         rows.append(
             {
-                "sample_id": video_id,
-                "video_path": str(video_dir / file_name),
-                "captions": _as_caption_list(entry[text_key], where),
+                "sample_id": f"{video_id}#{position}",
+                "video_path": str(video_dir / stems.get(video_id, f"{video_id}.mp4")),
+                "captions": _as_caption_list(str(entry[answer_key]), f"{where} entry {position}"),
+                "question": str(entry[config.question_column]),
             }
         )
     return datasets.Dataset.from_list(rows)
+
+
+def _load_msrvtt(config: DatasetConfig) -> datasets.Dataset:
+    """
+    MSR-VTT: the annotation JSON (`train_val_videodatainfo.json`, `test_videodatainfo.json` or the combined
+    `MSRVTT_data.json`) whose `"sentences"` list holds `{"video_id", "caption"}`, or the 1k-A test CSV
+    (`MSRVTT_JSFUSION_test.csv`: `video_id`, `sentence`); an optional `id_list` (`train_list_jsfusion.txt`, ...)
+    selects the split.
+    """
+    annotation = _require_annotation(config)
+    grouped: dict[str, list[str]] = {}
+    if annotation.suffix == ".csv":
+        table = datasets.Dataset.from_csv(str(annotation), keep_in_memory=True)
+        text_column = config.caption_column or ("sentence" if "sentence" in table.column_names else "caption")
+        for video_id, caption in zip(table["video_id"], table[text_column]):
+            grouped.setdefault(str(video_id), []).append(caption)
+    else:
+        with open(annotation, encoding="utf-8") as handle:
+            data = json.load(handle)
+        if "sentences" not in data:
+            raise ValueError(f"{annotation}: an MSR-VTT annotation file needs a 'sentences' list.")
+        for sentence in data["sentences"]:
+            grouped.setdefault(str(sentence["video_id"]), []).append(sentence["caption"])
+    return _rows_from_groups(config, grouped, str(annotation))
+
+
+def _load_vatex(config: DatasetConfig) -> datasets.Dataset:
+    """VATEX: a JSON list of `{"videoID": ..., "enCap": [10 English captions], "chCap": [...]}`."""
+    annotation = _require_annotation(config)
+    with open(annotation, encoding="utf-8") as handle:
+        entries = json.load(handle)
+    caption_key = config.caption_column or "enCap"
+    grouped: dict[str, list[str]] = {}
+    for position, entry in enumerate(entries):
+        if "videoID" not in entry or caption_key not in entry:
+            raise ValueError(f"{annotation} entry {position} needs 'videoID' and {caption_key!r}.")
+        grouped.setdefault(str(entry["videoID"]), []).extend(
+            _as_caption_list(entry[caption_key], str(annotation))
+        )
+    return _rows_from_groups(config, grouped, str(annotation))
+
+
+def _load_audiocaps(config: DatasetConfig) -> datasets.Dataset:
+    """
+    AudioCaps: `train.csv`/`val.csv`/`test.csv` with `audiocap_id, youtube_id, start_time, caption`, one row per
+    caption; the rows of one YouTube id (5 in val/test) form one sample whose file is `<youtube_id>.<ext>`.
+    """
+    annotation = _require_annotation(config)
+    table = datasets.Dataset.from_csv(str(annotation), keep_in_memory=True)
+    missing = {"youtube_id", "caption"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"{annotation}: missing AudioCaps column(s) {sorted(missing)}.")
+    grouped: dict[str, list[str]] = {}
+    for youtube_id, caption in zip(table["youtube_id"], table["caption"]):
+        grouped.setdefault(str(youtube_id), []).append(caption)
+    return _rows_from_groups(config, grouped, str(annotation))
+
+
+def _load_clotho(config: DatasetConfig) -> datasets.Dataset:
+    """Clotho: `clotho_captions_<split>.csv` with `file_name, caption_1 .. caption_5`; the audio is `<file_name>`."""
+    annotation = _require_annotation(config)
+    table = datasets.Dataset.from_csv(str(annotation), keep_in_memory=True)
+    columns = sorted(
+        (c for c in table.column_names if c.startswith("caption_")), key=lambda c: int(c.split("_")[-1])
+    )
+    if "file_name" not in table.column_names or not columns:
+        raise ValueError(f"{annotation}: a Clotho file needs `file_name` and `caption_1 ..` columns.")
+    grouped: dict[str, list[str]] = {}
+    file_names: dict[str, str] = {}
+    for row in table:
+        sample_id = os.path.splitext(row["file_name"])[0]
+        file_names[sample_id] = row["file_name"]
+        grouped.setdefault(sample_id, []).extend(row[c] for c in columns if row[c])
+    return _rows_from_groups(config, grouped, str(annotation), file_names)
 
 
 def _load_hub(config: DatasetConfig) -> datasets.Dataset:
@@ -228,7 +418,8 @@ def _normalise(
 ) -> datasets.Dataset:
     """Map an annotation table to the common columns `sample_id`, `video_path`, `captions`."""
     columns = set(table.column_names)
-    caption_column = config.caption_column or next((c for c in ("captions", "caption") if c in columns), None)
+    defaults = ("answer",) if config.question_column is not None else ("captions", "caption")
+    caption_column = config.caption_column or next((c for c in defaults if c in columns), None)
     if caption_column not in columns:
         raise ValueError(
             f"{where}: no caption column ({config.caption_column or 'captions/caption'}) in {sorted(columns)}."
@@ -236,6 +427,8 @@ def _normalise(
     if config.video_column not in columns:
         raise ValueError(f"{where}: no video column {config.video_column!r} in {sorted(columns)}.")
     id_column = config.id_column or next((c for c in ("id", "video_id") if c in columns), None)
+    if config.question_column is not None and config.question_column not in columns:
+        raise ValueError(f"{where}: no question column {config.question_column!r} in {sorted(columns)}.")
 
     def convert(row: dict[str, Any], index: int) -> dict[str, Any]:
         video = row[config.video_column]
@@ -243,11 +436,15 @@ def _normalise(
         if video_dir is not None and not os.path.isabs(path):
             path = str(video_dir / path)
         sample_id = str(row[id_column]) if id_column else os.path.splitext(os.path.basename(path))[0]
-        return {
+        out = {
             "sample_id": sample_id,
             "video_path": path,
             "captions": _as_caption_list(row[caption_column], f"{where} row {index}"),
         }
+        if config.question_column is not None:
+            out["question"] = str(row[config.question_column])
+            out["sample_id"] = f"{sample_id}#{index}"  # several questions per video
+        return out
 
     return table.map(convert, with_indices=True, remove_columns=table.column_names, keep_in_memory=True)
 
@@ -258,7 +455,15 @@ def load_video_text_dataset(config: DatasetConfig) -> datasets.Dataset:
 
     Nothing is decoded here; the collator decodes videos in the DataLoader workers.
     """
-    loaders = {"metadata": _load_metadata, "valor_json": _load_valor_json, "hub": _load_hub}
+    loaders = {
+        "metadata": _load_metadata,
+        "valor_json": _load_valor_json,
+        "hub": _load_hub,
+        "msrvtt": _load_msrvtt,
+        "vatex": _load_vatex,
+        "audiocaps": _load_audiocaps,
+        "clotho": _load_clotho,
+    }
     table = loaders[config.format](config)
     if config.max_samples is not None:
         table = table.select(range(min(config.max_samples, len(table))))
@@ -281,7 +486,7 @@ class MixedVideoTextDataset(TorchDataset):
     Several video-text datasets behind one index space of [`SampleRef`]s.
 
     `dataset[SampleRef(d, i, seed)]` returns row `i` of dataset `d` as a dict with `sample_id`, `video_path`,
-    `captions`, `dataset_index` and `batch_seed`, plus the decoded tensors when a decoded cache is attached
+    `captions`, `dataset_index` and `batch_seed` (and `question` for question answering data), plus the decoded tensors when a decoded cache is attached
     ([`attach_cache`]).
     """
 
@@ -317,6 +522,8 @@ class MixedVideoTextDataset(TorchDataset):
             "dataset_index": ref.dataset_index,
             "batch_seed": ref.batch_seed,
         }
+        if "question" in rows:
+            item["question"] = rows["question"][ref.row_index]
         cache = self._caches[ref.dataset_index]
         if cache is not None:
             item["decoded"] = {

@@ -627,7 +627,8 @@ class CiderD:
         pair = ck[ci] // vocab_size
         order = np.concatenate(cand_orders)[ci]
         dots = np.bincount(pair * n + order, weights=np.minimum(vc, vr) * vr, minlength=num_pairs * n)
-        dots = dots.reshape(num_pairs, n)  # (P, n)
+        # float even when no n-gram is shared (numpy's bincount of nothing is int64).
+        dots = dots.astype(np.float64).reshape(num_pairs, n)  # (P, n)
 
         denom = cand_norm[ref_owner] * ref_norm  # (P, n)
         sims = np.divide(dots, denom, out=dots.copy(), where=denom != 0)
