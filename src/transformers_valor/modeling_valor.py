@@ -389,13 +389,10 @@ class ValorModel(ValorPreTrainedModel):
         return tokens, tokens[:, :, 0]
 
     def _features(self, feats, mask, projection, weight_mlp_name, pooled_source) -> ValorFeatures:
-        embeds = projection(feats)
+        embeds = F.normalize(projection(feats), dim=-1)
         weight_logits = None
         if self.config.contrastive_type == "fine":
-            embeds = F.normalize(embeds, dim=-1)
             weight_logits = getattr(self, weight_mlp_name)(embeds).squeeze(-1)
-        else:
-            embeds = F.normalize(embeds, dim=-1)
         pooled = F.normalize(projection(pooled_source), dim=-1)
         return ValorFeatures(embeds=embeds, mask=mask, weight_logits=weight_logits, pooled_embeds=pooled)
 
