@@ -192,6 +192,17 @@ def test_config_rejects_unknown_keys_and_applies_overrides(tmp_path):
     assert config.training.max_steps == 7 and config.datasets[0].ratio == 0.5
 
 
+def test_config_reads_exponent_notation_as_float(tmp_path):
+    # PyYAML (YAML 1.1) would return the string "2e-4" for both of these.
+    values = tiny_run(Path("corpus"), Path("proc"), tmp_path)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(values).replace("learning_rate:", "learning_rate: 2e-4 #"))
+    assert load_config(path).optimizer.learning_rate == 2e-4
+    config = load_config(path, ["optimizer.learning_rate=3e-3", "optimizer.weight_decay=1E-2"])
+    assert config.optimizer.learning_rate == 3e-3 and config.optimizer.weight_decay == 0.01
+    assert load_config(path, ["training.output_dir=1e3x"]).training.output_dir == "1e3x"
+
+
 def test_optimizer_has_no_decay_on_biases_norms_and_temperature(tiny_processor_dir):
     processor = ValorProcessor.from_pretrained(tiny_processor_dir)
     model = build_model(

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -282,13 +283,36 @@ def config_from_dict(values: dict[str, Any], base_dir: str | os.PathLike | None 
     )
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that `1e-4` is a float as in YAML 1.2 (YAML 1.1 reads it as a string)."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _parse_yaml(text) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PretrainConfig:
     """
     Read a YAML training config; `overrides` are `section.key=value` strings (value parsed as YAML), e.g.
-    `training.max_steps=100` or `data.per_device_batch_size=16`.
+    `training.max_steps=100` or `data.per_device_batch_size=16`. Numbers in exponent notation without a dot
+    (`1e-4`) are floats.
     """
     with open(path, encoding="utf-8") as handle:
-        values = yaml.safe_load(handle) or {}
+        values = _parse_yaml(handle) or {}
     for override in overrides or []:
         key, sep, raw = override.partition("=")
         if not sep:
@@ -297,7 +321,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         *parents, leaf = key.split(".")
         for part in parents:
             target = target[int(part)] if isinstance(target, list) else target.setdefault(part, {})
-        target[leaf] = yaml.safe_load(raw)
+        target[leaf] = _parse_yaml(raw)
     return config_from_dict(values)
 
 
