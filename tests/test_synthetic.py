@@ -179,6 +179,12 @@ def test_cache_skips_complete_corpus_and_regenerates_on_change(tmp_path):
     assert sorted(p.name for p in (root / "train").glob("*.mp4")) == ["train_00000.mp4", "train_00001.mp4"]
     assert json.loads((root / "manifest.json").read_text())["counts"]["train"] == 2
 
+    # A motion trail changes every clip's frames: the corpus is regenerated and records it.
+    before = clip.read_bytes()
+    generate_corpus(root, 2, 1, SEED, num_workers=1, motion_trail=2)
+    assert json.loads((root / "manifest.json").read_text())["parameters"]["motion_trail"] == 2
+    assert clip.read_bytes() != before
+
 
 def test_rendered_colour_and_motion_match_attributes(corpus):
     for path, row in _clips(corpus):
@@ -245,6 +251,26 @@ def test_render_frames_shape_and_validation():
         render_frames("red", "hexagon", "up", np.random.default_rng(0))
     with pytest.raises(ValueError, match="image_size"):
         generate_corpus("/nonexistent", 1, 1, image_size=33)
+
+
+@pytest.mark.parametrize("direction", ["left", "right", "up", "down"])
+def test_motion_trail_lies_behind_the_shape(direction):
+    plain = render_frames("green", "circle", direction, np.random.default_rng(3), image_size=64, num_frames=4)
+    trail = render_frames(
+        "green", "circle", direction, np.random.default_rng(3), image_size=64, num_frames=4, motion_trail=3
+    )
+    plain_rgb = plain.astype(int)
+    shape = plain_rgb[..., 1] - plain_rgb[..., 0] > 60  # green shape on a grey background
+    assert np.array_equal(trail[shape], plain[shape])  # the shape itself is drawn unchanged, on top
+    ghost = np.any(trail != plain, axis=-1)
+    assert not np.any(ghost & shape)
+    behind = {"right": (0, -1), "left": (0, 1), "down": (-1, 0), "up": (1, 0)}[direction]
+    for t in range(4):
+        assert ghost[t].sum() > 20
+        (gy, gx), (sy, sx) = np.argwhere(ghost[t]).mean(axis=0), np.argwhere(shape[t]).mean(axis=0)
+        assert (gy - sy) * behind[0] + (gx - sx) * behind[1] > 0.1 * 64, (direction, t)
+    with pytest.raises(ValueError, match="motion_trail"):
+        render_frames("red", "circle", "up", np.random.default_rng(0), motion_trail=-1)
 
 
 def test_mpeg4_fallback_decodes(tmp_path):

@@ -198,6 +198,7 @@ def render_frames(
     rng: np.random.Generator,
     image_size: int = 64,
     num_frames: int = 16,
+    motion_trail: int = 0,
 ) -> np.ndarray:
     """Draw a coloured shape moving in one direction over a tinted background.
 
@@ -209,6 +210,9 @@ def render_frames(
         rng: the clip's random generator.
         image_size: height and width in pixels.
         num_frames: number of frames.
+        motion_trail: number of fading copies of the shape drawn behind it (spaced half a shape apart, each
+            fainter than the last), a motion-blur trail that shows the direction in every single frame. 0
+            draws the shape alone, so the direction is only visible across frames.
 
     Returns:
         `uint8` array of shape `(num_frames, image_size, image_size, 3)`, RGB.
@@ -230,29 +234,43 @@ def render_frames(
     else:
         raise ValueError(f"Unknown direction {direction!r}; expected one of {DIRECTIONS}.")
 
-    coords = np.arange(image_size, dtype=np.float64) + 0.5
-    dx = coords[None, None, :] - cx[:, None, None]  # (T, 1, W)
-    dy = coords[None, :, None] - cy[:, None, None]  # (T, H, 1)
-    if shape == "circle":
-        mask = dx**2 + dy**2 <= half**2
-    elif shape == "square":
-        side = 0.85 * half
-        mask = (np.abs(dx) <= side) & (np.abs(dy) <= side)
-    elif shape == "triangle":
-        # Upward triangle: apex at cy - half, base at cy + 0.75 * half, base half-width `half`.
-        height = 1.75 * half
-        from_apex = dy + half
-        mask = (from_apex >= 0) & (from_apex <= height) & (np.abs(dx) <= from_apex * (half / height))
-    else:
+    if shape not in SHAPES:
         raise ValueError(f"Unknown shape {shape!r}; expected one of {SHAPES}.")
+    if motion_trail < 0:
+        raise ValueError(f"motion_trail must be >= 0, got {motion_trail}.")
+    mask = _shape_mask(shape, cx, cy, half, image_size)
 
     grey = rng.uniform(40.0, 80.0)
     tint = rng.uniform(-12.0, 12.0, size=3)
     gradient = rng.uniform(-10.0, 10.0) * np.linspace(-1.0, 1.0, image_size)
     background = grey + tint[None, None, :] + gradient[:, None, None]  # (H, W, 3)
     rgb = np.clip(np.array(_RGB[color], dtype=np.float64) + rng.uniform(-20.0, 20.0, size=3), 0, 255)
-    frames = np.where(mask[..., None], rgb, background[None])  # (T, H, W, 3)
+    frames = np.broadcast_to(background[None], (num_frames, image_size, image_size, 3)).copy()
+    # Farthest copy first, so nearer (stronger) copies and finally the shape itself are drawn over it.
+    behind = {"right": (-1.0, 0.0), "left": (1.0, 0.0), "down": (0.0, -1.0), "up": (0.0, 1.0)}[direction]
+    for copy in range(motion_trail, 0, -1):
+        offset = 0.5 * half * copy
+        ghost = _shape_mask(shape, cx + behind[0] * offset, cy + behind[1] * offset, half, image_size)
+        alpha = 0.6 * (1.0 - copy / (motion_trail + 1))
+        frames = np.where(ghost[..., None], (1.0 - alpha) * frames + alpha * rgb, frames)
+    frames = np.where(mask[..., None], rgb, frames)  # (T, H, W, 3)
     return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+
+
+def _shape_mask(shape: str, cx: np.ndarray, cy: np.ndarray, half: float, image_size: int) -> np.ndarray:
+    """Boolean `(T, H, W)` mask of `shape` centred at `(cx[t], cy[t])` with half extent `half`."""
+    coords = np.arange(image_size, dtype=np.float64) + 0.5
+    dx = coords[None, None, :] - cx[:, None, None]  # (T, 1, W)
+    dy = coords[None, :, None] - cy[:, None, None]  # (T, H, 1)
+    if shape == "circle":
+        return dx**2 + dy**2 <= half**2
+    if shape == "square":
+        side = 0.85 * half
+        return (np.abs(dx) <= side) & (np.abs(dy) <= side)
+    # Upward triangle: apex at cy - half, base at cy + 0.75 * half, base half-width `half`.
+    height = 1.75 * half
+    from_apex = dy + half
+    return (from_apex >= 0) & (from_apex <= height) & (np.abs(dx) <= from_apex * (half / height))
 
 
 def _band_noise(rng: np.random.Generator, num_samples: int, sample_rate: int, low: float, high: float):
@@ -483,7 +501,13 @@ def _make_clip(job: tuple[str, dict[str, Any], list[int], dict[str, Any]]) -> st
     path, row, clip_seed, fmt = job
     rng = np.random.default_rng(clip_seed)
     frames = render_frames(
-        row["color"], row["shape"], row["direction"], rng, fmt["image_size"], fmt["num_frames"]
+        row["color"],
+        row["shape"],
+        row["direction"],
+        rng,
+        fmt["image_size"],
+        fmt["num_frames"],
+        fmt["motion_trail"],
     )
     audio = render_audio(row["sound"], row["loudness"], rng, fmt["sample_rate"], fmt["duration"])
     write_clip(path, frames, audio, fmt["fps"], fmt["sample_rate"], fmt["video_codec"])
@@ -529,6 +553,7 @@ def generate_corpus(
     fps: int = 8,
     duration: float = 2.0,
     sample_rate: int = 16000,
+    motion_trail: int = 0,
     num_workers: int | None = None,
     overwrite: bool = False,
     progress: bool = False,
@@ -550,6 +575,7 @@ def generate_corpus(
         fps: frames per second.
         duration: clip length in seconds; `fps * duration` must be a whole number of frames.
         sample_rate: audio sample rate in Hz.
+        motion_trail: fading copies drawn behind the moving shape (see `render_frames`); 0 for none.
         num_workers: processes used to render and encode; `None` uses up to `os.cpu_count()` (at most 8).
             Small corpora are always made in-process.
         overwrite: regenerate even if a complete matching corpus is present.
@@ -588,6 +614,10 @@ def generate_corpus(
         "sample_rate": int(sample_rate),
         "video_codec": select_video_codec(),
     }
+    if motion_trail < 0:
+        raise ValueError(f"motion_trail must be >= 0, got {motion_trail}.")
+    if motion_trail:  # only recorded when used, so corpora made before the option stay valid caches
+        params["motion_trail"] = int(motion_trail)
     if not overwrite and _is_complete(root, params):
         return splits
 
@@ -600,6 +630,7 @@ def generate_corpus(
     fmt = {
         k: params[k] for k in ("image_size", "fps", "duration", "num_frames", "sample_rate", "video_codec")
     }
+    fmt["motion_trail"] = int(motion_trail)
     plans: dict[str, list[dict[str, Any]]] = {}
     jobs = []
     for split, folder in splits.items():
@@ -662,6 +693,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--fps", type=int, default=8)
     parser.add_argument("--duration", type=float, default=2.0)
     parser.add_argument("--sample_rate", type=int, default=16000)
+    parser.add_argument(
+        "--motion_trail", type=int, default=0, help="Fading copies drawn behind the moving shape (0: none)."
+    )
     parser.add_argument("--num_workers", type=int, default=None)
     parser.add_argument(
         "--overwrite", action="store_true", help="Regenerate even if a matching corpus exists."
@@ -682,6 +716,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fps=args.fps,
         duration=args.duration,
         sample_rate=args.sample_rate,
+        motion_trail=args.motion_trail,
         num_workers=args.num_workers,
         overwrite=args.overwrite,
         progress=True,
