@@ -38,6 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_train", type=int, default=2000)
     parser.add_argument("--num_test", type=int, default=200)
     parser.add_argument(
+        "--motion_trail",
+        type=int,
+        default=3,
+        help="Fading copies drawn behind the moving shape, so each frame shows the direction (0: none).",
+    )
+    parser.add_argument(
         "--num_processes", type=int, default=2, help="Training processes (CPU: gloo DDP if > 1)."
     )
     parser.add_argument(
@@ -180,7 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     corpus, processor_dir, run_dir = out / "corpus", out / "processor", out / "run"
     timings = {}
     start = t0 = time.perf_counter()
-    generate_corpus(corpus, args.num_train, args.num_test, seed=0, progress=True)
+    generate_corpus(
+        corpus, args.num_train, args.num_test, seed=0, motion_trail=args.motion_trail, progress=True
+    )
     timings["corpus"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
