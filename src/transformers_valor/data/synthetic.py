@@ -630,7 +630,7 @@ def generate_corpus(
     fmt = {
         k: params[k] for k in ("image_size", "fps", "duration", "num_frames", "sample_rate", "video_codec")
     }
-    fmt["motion_trail"] = int(motion_trail)
+    fmt["motion_trail"] = params.get("motion_trail", 0)
     plans: dict[str, list[dict[str, Any]]] = {}
     jobs = []
     for split, folder in splits.items():
