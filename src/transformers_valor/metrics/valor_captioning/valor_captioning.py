@@ -6,7 +6,7 @@ Load it offline with `transformers_valor.metrics.load_metric("valor_captioning")
 import datasets
 import evaluate
 
-from transformers_valor.metrics import compute_caption_metrics
+from transformers_valor.metrics.captioning import compute_caption_metrics
 
 _DESCRIPTION = """\
 BLEU-1..4, METEOR, ROUGE-L and CIDEr (CIDEr-D) of generated captions, computed as the COCO caption evaluation

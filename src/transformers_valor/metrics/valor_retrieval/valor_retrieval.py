@@ -7,7 +7,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from transformers_valor.metrics import compute_retrieval_metrics
+from transformers_valor.metrics.retrieval import compute_retrieval_metrics
 
 _DESCRIPTION = """\
 Recall at K (percent of queries whose correct candidate is among the K best scored), median and mean rank

@@ -1,33 +1,18 @@
-"""Tests of transformers_valor.metrics: captioning scores against hand-computed values, retrieval ranks,
-the CIDEr-D scorer for SCST, and offline loading through `evaluate`."""
+"""Tests of transformers_valor.metrics.captioning: BLEU, ROUGE-L, CIDEr and METEOR against hand-computed values,
+the PTB tokenisation, and input validation."""
 
-import json
 import math
-import os
-import random
 import shutil
-import subprocess
-import sys
 
-import numpy as np
 import pytest
-import torch
 
-from transformers_valor import metrics as valor_metrics
-from transformers_valor.metrics import (
-    CiderD,
-    compute_caption_metrics,
-    compute_retrieval_metrics,
-    compute_text_video_retrieval_metrics,
-    ptb_tokenize,
-    retrieval_ranks,
-)
+from transformers_valor.metrics import captioning as captioning_metrics
+from transformers_valor.metrics import compute_caption_metrics, ptb_tokenize
 
 requires_java = pytest.mark.skipif(
     shutil.which("java") is None, reason="METEOR and the PTB tokenizer need java"
 )
 NO_JAVA = ["BLEU", "ROUGE-L", "CIDEr"]
-
 
 # ------------------------------------------------------------------------------------------------------
 # BLEU and ROUGE-L, by hand
@@ -85,7 +70,7 @@ def test_bleu_rouge_multiple_references():
 
 
 # ------------------------------------------------------------------------------------------------------
-# CIDEr-D
+# CIDEr (the toolkit's scorer); the same hand-computed case checks CiderD in test_metrics_cider_d.py
 # ------------------------------------------------------------------------------------------------------
 
 CIDER_PREDICTIONS = ["a dog runs", "the cat sleeps"]
@@ -115,44 +100,6 @@ def test_cider_identical_sets():
     assert compute_caption_metrics(captions[:1], [captions[:1]], metrics=["CIDEr"])["CIDEr"] == 0.0
 
 
-def test_cider_d_scorer_hand_computed():
-    scorer = CiderD(CIDER_REFERENCES)
-    np.testing.assert_allclose(
-        scorer.score(CIDER_PREDICTIONS, CIDER_REFERENCES), [CIDER_SAMPLE_1, 7.5], atol=1e-9
-    )
-
-
-def test_cider_d_scorer_matches_toolkit_per_sample():
-    from pycocoevalcap.cider.cider import Cider
-
-    rng = random.Random(0)
-    words = "a the man woman dog cat is are playing running on in park guitar ball red with and two".split()
-
-    def sentence():
-        return " ".join(rng.choice(words) for _ in range(rng.randint(2, 12)))
-
-    refs = [[sentence() for _ in range(rng.randint(1, 5))] for _ in range(40)]
-    cands = [sentence() for _ in range(40)]
-    _, expected = Cider().compute_score(dict(enumerate(refs)), {i: [c] for i, c in enumerate(cands)})
-    scorer = CiderD(refs, tokenizer="none")
-    np.testing.assert_allclose(scorer.score(cands, refs), expected, atol=1e-12)
-    # Several candidates per reference set, as in SCST (5 samples per video), and references outside the corpus.
-    many = scorer.score(cands[:3] * 5, refs[:3] * 5)
-    np.testing.assert_allclose(many, np.tile(expected[:3], 5), atol=1e-12)
-    unseen = scorer.score(
-        ["zebra plays a xylophone", "zebra plays a xylophone"], [["zebra plays a xylophone"]] * 2
-    )
-    assert unseen.shape == (2,) and unseen[0] == unseen[1] > 0
-
-
-def test_cider_d_scorer_bad_input():
-    with pytest.raises(ValueError, match="refs_corpus is empty"):
-        CiderD([])
-    scorer = CiderD(CIDER_REFERENCES)
-    with pytest.raises(ValueError, match="different lengths"):
-        scorer.score(["a dog"], CIDER_REFERENCES)
-
-
 # ------------------------------------------------------------------------------------------------------
 # METEOR (Java) and tokenisation
 # ------------------------------------------------------------------------------------------------------
@@ -180,7 +127,7 @@ def test_meteor_known_value():
 
 
 def test_meteor_without_java_raises(monkeypatch):
-    monkeypatch.setattr(valor_metrics.shutil, "which", lambda name: None)
+    monkeypatch.setattr(captioning_metrics.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="java"):
         compute_caption_metrics(["a dog"], [["a dog"]])
     with pytest.raises(RuntimeError, match="java"):
@@ -250,109 +197,3 @@ def test_caption_bad_input(predictions, references, message):
 def test_caption_unknown_metric():
     with pytest.raises(ValueError, match="Unknown caption metrics"):
         compute_caption_metrics(["a"], [["a"]], metrics=["SPICE"])
-
-
-# ------------------------------------------------------------------------------------------------------
-# Retrieval
-# ------------------------------------------------------------------------------------------------------
-
-# Text x video scores; text i describes video i.
-SCORES = np.array(
-    [
-        [0.9, 0.1, 0.2, 0.3],  # t0: v0 best -> rank 1
-        [0.8, 0.5, 0.1, 0.0],  # t1: v0 above v1 -> rank 2
-        [0.3, 0.3, 0.3, 0.1],  # t2: v0 and v1 tie with v2, ties count against it -> rank 3
-        [0.9, 0.8, 0.7, 0.1],  # t3: last -> rank 4
-    ]
-)
-# Columns (video -> text): v0 [0.9 0.8 0.3 0.9] t3 ties t0 -> 2;  v1 [0.1 0.5 0.3 0.8] -> 2;
-# v2 [0.2 0.1 0.3 0.7] -> 2;  v3 [0.3 0.0 0.1 0.1] t0 above, t2 ties t3 -> 3.
-
-
-def test_retrieval_ranks_by_hand():
-    np.testing.assert_array_equal(retrieval_ranks(SCORES), [1, 2, 3, 4])
-    np.testing.assert_array_equal(retrieval_ranks(SCORES.T), [2, 2, 2, 3])
-    out = compute_retrieval_metrics(SCORES, ks=(1, 2, 3))
-    assert out == {"R@1": 25.0, "R@2": 50.0, "R@3": 75.0, "median_rank": 2.5, "mean_rank": 2.5}
-
-
-def test_text_video_both_directions_and_torch_input():
-    out = compute_text_video_retrieval_metrics(torch.tensor(SCORES, dtype=torch.bfloat16))
-    assert out["t2v_R@1"] == 25.0 and out["t2v_R@5"] == 100.0 and out["t2v_median_rank"] == 2.5
-    assert out["v2t_R@1"] == 0.0 and out["v2t_R@10"] == 100.0
-    assert out["v2t_median_rank"] == 2.0 and out["v2t_mean_rank"] == 2.25
-    audio = compute_text_video_retrieval_metrics(SCORES, prefixes=("t2a", "a2t"))
-    assert audio["t2a_R@1"] == 25.0 and "a2t_mean_rank" in audio
-
-
-def test_retrieval_ground_truth_mapping_and_several_correct():
-    scores = np.array([[0.5, 0.4, 0.1], [0.2, 0.3, 0.9]])
-    # q0: correct {1, 2}, best correct 0.4 -> one wrong candidate (0.5) above -> rank 2. q1: candidate 2 -> 1.
-    np.testing.assert_array_equal(retrieval_ranks(scores, {0: [1, 2], 1: 2}), [2, 1])
-    np.testing.assert_array_equal(retrieval_ranks(scores, [[1, 2], [2]]), [2, 1])
-    assert compute_retrieval_metrics(scores, {0: 0, 1: 2})["R@1"] == 100.0
-
-
-def test_retrieval_bad_input():
-    with pytest.raises(ValueError, match="square"):
-        compute_retrieval_metrics(np.zeros((2, 3)))
-    with pytest.raises(ValueError, match="NaN"):
-        compute_retrieval_metrics(np.array([[np.nan, 1.0], [0.0, 1.0]]))
-    with pytest.raises(ValueError, match="candidate 5"):
-        compute_retrieval_metrics(np.zeros((2, 3)), [0, 5])
-    with pytest.raises(ValueError, match="no entry for queries"):
-        compute_retrieval_metrics(np.zeros((2, 3)), {0: 1})
-    with pytest.raises(ValueError, match="2 entries"):
-        compute_retrieval_metrics(np.zeros((3, 3)), [0, 1])
-    with pytest.raises(ValueError, match="2-D"):
-        compute_retrieval_metrics(np.zeros(3))
-
-
-# ------------------------------------------------------------------------------------------------------
-# evaluate modules, offline
-# ------------------------------------------------------------------------------------------------------
-
-_OFFLINE_SCRIPT = """
-import json
-import evaluate
-import huggingface_hub.constants
-from transformers_valor.metrics import load_metric
-
-assert evaluate.config.HF_EVALUATE_OFFLINE and huggingface_hub.constants.HF_HUB_OFFLINE
-captioning = load_metric("valor_captioning")
-retrieval = load_metric("valor_retrieval")
-captioning.add_batch(predictions=["the cat sat on the mat"], references=[["the cat is on the mat"]])
-captioning.add_batch(predictions=["a cat sat"], references=[["a cat sat on the mat"]])
-print(json.dumps({
-    "captioning": captioning.compute(metrics=["BLEU", "ROUGE-L", "CIDEr"]),
-    "single_reference": captioning.compute(predictions=["a cat sat"], references=["a cat sat on the mat"],
-                                           metrics=["BLEU"]),
-    "retrieval": retrieval.compute(predictions=%s, references=[[0], [1], [2], [3]], ks=[1, 5]),
-    "name": captioning.name,
-}))
-"""
-
-
-def test_load_metric_offline(tmp_path):
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_EVALUATE_OFFLINE": "1",
-        "HF_HOME": str(tmp_path / "hf"),
-        "HF_MODULES_CACHE": str(tmp_path / "modules"),
-    }
-    script = _OFFLINE_SCRIPT % SCORES.tolist()
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["captioning"]["BLEU-1"] == pytest.approx(math.exp(-1 / 3) * 8 / 9, abs=1e-6)
-    assert out["captioning"]["ROUGE-L"] == pytest.approx((5 / 6 + 1.22 / 1.94) / 2, abs=1e-9)
-    assert out["single_reference"]["BLEU-1"] == pytest.approx(math.exp(-1), abs=1e-6)
-    assert out["retrieval"] == {"R@1": 25.0, "R@5": 100.0, "median_rank": 2.5, "mean_rank": 2.5}
-
-
-def test_load_metric_unknown_name():
-    with pytest.raises(ValueError, match="Unknown metric"):
-        valor_metrics.load_metric("bleu")
