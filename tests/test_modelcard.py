@@ -7,9 +7,9 @@ import torch
 from huggingface_hub import EvalResult, ModelCard
 
 from helpers import tiny_valor_config
-from test_convert_original import IMAGE, original_state_dict, overrides_for, write_vocab
+from original_checkpoints import IMAGE, original_state_dict, overrides_for, write_vocab
 from transformers_valor import ValorForConditionalGeneration, ValorForRetrieval
-from transformers_valor.convert_original import convert_checkpoint
+from transformers_valor.conversion import convert_checkpoint
 from transformers_valor.modelcard import create_model_card
 
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import (
     ASTConfig,
@@ -45,9 +44,11 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .configuration_valor import AUDIO_ENCODER_DEFAULTS, ValorConfig, ValorVideoSwinConfig
-from .modeling_valor import ValorForPreTraining, ValorModel, ValorPreTrainedModel
-from .modeling_video_swin import ValorVideoSwinModel
+from ..configuration_valor import ValorConfig, ValorVideoSwinConfig
+from ..modeling_valor import ValorForPreTraining, ValorModel, ValorPreTrainedModel
+from ..modeling_video_swin import ValorVideoSwinModel
+from .key_mapping import TIED_DECODER_KEY
+from .position_grid import resize_position_grid
 
 # Weights of a VALOR model that no single-modality checkpoint provides (relative to `ValorModel`; the heads add
 # `valor.`). `cls.` is new only when the BERT checkpoint has no MLM head.
@@ -79,6 +80,17 @@ class InitializationReport:
     copied: dict[str, str] = field(default_factory=dict)
     new: list[str] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Encoders:
+    """The loaded single-modality towers (`None` where not given)."""
+
+    bert: BertModel | None = None
+    mlm_head: nn.Module | None = None
+    vision: nn.Module | None = None
+    clip_logit_scale: torch.Tensor | None = None
+    ast: ASTModel | None = None
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -120,6 +132,7 @@ def _load_vision(source: EncoderSource) -> tuple[nn.Module, torch.Tensor | None]
 
 
 def _load_audio(source: EncoderSource) -> ASTModel:
+    """The AST body of an `ASTModel` / `ASTForAudioClassification` (checkpoint or loaded model)."""
     if isinstance(source, ASTModel):
         return source
     if isinstance(source, PreTrainedModel) and hasattr(source, "audio_spectrogram_transformer"):
@@ -129,22 +142,26 @@ def _load_audio(source: EncoderSource) -> ASTModel:
     return ASTModel.from_pretrained(source)
 
 
+def _load_encoders(
+    text: EncoderSource | None, vision: EncoderSource | None, audio: EncoderSource | None
+) -> _Encoders:
+    """Load the given towers (text, then vision, then audio)."""
+    encoders = _Encoders()
+    if text is not None:
+        encoders.bert, encoders.mlm_head = _load_text(text)
+    if vision is not None:
+        encoders.vision, encoders.clip_logit_scale = _load_vision(vision)
+    if audio is not None:
+        encoders.ast = _load_audio(audio)
+    return encoders
+
+
 # ----------------------------------------------------------------------------------------------- conversion
 def ast_patch_grid(config: ASTConfig) -> tuple[int, int]:
     """AST's (frequency, time) patch grid, e.g. (12, 101) for 128 mel bins x 1024 frames with stride 10."""
     frequency = (config.num_mel_bins - config.patch_size) // config.frequency_stride + 1
     time = (config.max_length - config.patch_size) // config.time_stride + 1
     return frequency, time
-
-
-def _resize_grid(grid_positions: torch.Tensor, old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
-    """`(H*W, C)` row-major grid -> `(H'*W', C)` by bilinear interpolation (align_corners=False)."""
-    if tuple(old) == tuple(new):
-        return grid_positions
-    width = grid_positions.shape[-1]
-    grid = grid_positions.reshape(*old, width).permute(2, 0, 1)[None]  # (1, C, H, W)
-    grid = F.interpolate(grid.float(), size=tuple(new), mode="bilinear", align_corners=False)
-    return grid[0].permute(1, 2, 0).reshape(-1, width).to(grid_positions.dtype)  # (H'*W', C)
 
 
 def convert_ast_state_dict(
@@ -161,8 +178,10 @@ def convert_ast_state_dict(
             dropped[key] = "AST distillation token (VALOR has one CLS token)"
         elif key == "embeddings.position_embeddings":
             positions = tensor[0]  # (2 + F*T, C): CLS, distillation, grid
-            grid = _resize_grid(positions[2:], source_grid, target_grid)
-            converted[prefix + key] = torch.cat([positions[:1], grid])[None]  # (1, 1 + F'*T', C)
+            without_distillation = torch.cat([positions[:1], positions[2:]])  # (1 + F*T, C)
+            converted[prefix + key] = resize_position_grid(without_distillation, target_grid, source_grid)[
+                None
+            ]
             dropped[key + "[1]"] = "position of the distillation token"
         else:
             # Patch projection, layers and final LayerNorm use the same names in ASTModel and ViTModel.
@@ -180,12 +199,14 @@ def convert_clip_vision_state_dict(
         if key == "embeddings.position_embedding.weight":
             old = config.image_size // config.patch_size
             new = target_image_size // config.patch_size
-            tensor = torch.cat([tensor[:1], _resize_grid(tensor[1:], (old, old), (new, new))])
+            tensor = resize_position_grid(tensor, (new, new), (old, old))
         converted[prefix + key] = tensor
     return converted
 
 
+# ------------------------------------------------------------------------------------------- configuration
 def _text_config_from_bert(config: BertConfig) -> dict[str, Any]:
+    """VALOR's `text_config` values read from a BERT config."""
     return {
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
@@ -203,8 +224,8 @@ def _text_config_from_bert(config: BertConfig) -> dict[str, Any]:
 
 
 def _audio_config_from_ast(config: ASTConfig) -> dict[str, Any]:
+    """VALOR's `audio_config` values read from an AST config (VALOR's own input size kept)."""
     return {
-        **AUDIO_ENCODER_DEFAULTS,
         "hidden_size": config.hidden_size,
         "num_hidden_layers": config.num_hidden_layers,
         "num_attention_heads": config.num_attention_heads,
@@ -216,17 +237,8 @@ def _audio_config_from_ast(config: ASTConfig) -> dict[str, Any]:
     }
 
 
-def _origin(key: str) -> str:
-    if "vision_model." in key:
-        return "vision"
-    if "audio_model." in key:
-        return "audio"
-    if key.endswith("logit_scale"):
-        return "vision (CLIP logit_scale)"
-    return "text"
-
-
 def _vision_config_from(vision: nn.Module, image_size: int) -> PreTrainedConfig:
+    """VALOR's `vision_config`: the tower's own config (a CLIP one at `image_size`)."""
     if isinstance(vision.config, CLIPVisionConfig):
         values = vision.config.to_dict()
         values.pop("model_type", None)
@@ -236,6 +248,158 @@ def _vision_config_from(vision: nn.Module, image_size: int) -> PreTrainedConfig:
     values = vision.config.to_dict()
     values.pop("transformers_version", None)
     return ValorVideoSwinConfig(**{k: v for k, v in values.items() if k != "model_type"})
+
+
+def _derive_config(encoders: _Encoders, image_size: int, config_kwargs: Mapping[str, Any]) -> ValorConfig:
+    """
+    The [`ValorConfig`] of the given encoders: sub-configs derived from them, updated by same-named dicts in
+    `config_kwargs` (e.g. special token ids); a tower not given takes the `ValorConfig` default.
+    """
+    values: dict[str, Any] = dict(config_kwargs)
+    if encoders.bert is not None:
+        values["text_config"] = {
+            **_text_config_from_bert(encoders.bert.config),
+            **values.get("text_config", {}),
+        }
+    if encoders.ast is not None:
+        values["audio_config"] = {
+            **_audio_config_from_ast(encoders.ast.config),
+            **values.get("audio_config", {}),
+        }
+    if encoders.vision is not None and "vision_config" not in values:
+        values["vision_config"] = _vision_config_from(encoders.vision, image_size)
+    return ValorConfig(**values)
+
+
+def _resolve_config(
+    config: ValorConfig | Mapping[str, Any] | None,
+    encoders: _Encoders,
+    image_size: int,
+    config_kwargs: Mapping[str, Any],
+) -> ValorConfig:
+    """The given configuration, or the one derived from the encoders when `config` is `None`."""
+    if config is None:
+        return _derive_config(encoders, image_size, config_kwargs)
+    if isinstance(config, Mapping):
+        return ValorConfig(**{**config, **config_kwargs})
+    if config_kwargs:
+        raise ValueError("Pass either a ValorConfig or config keyword arguments, not both.")
+    return config
+
+
+# ------------------------------------------------------------------------------------------------ copying
+def _text_weights(
+    encoders: _Encoders, model: ValorPreTrainedModel, base_prefix: str, report: InitializationReport
+) -> dict:
+    """BERT's body under `text_model.` and its MLM head under `cls.predictions.` (when both sides have one)."""
+    converted: dict[str, torch.Tensor] = {}
+    for key, tensor in encoders.bert.state_dict().items():
+        if key.startswith("pooler."):
+            report.dropped[f"bert.{key}"] = "BERT pooler (unused by VALOR)"
+        elif key == "embeddings.position_ids" or key.endswith("token_type_ids"):
+            report.dropped[f"bert.{key}"] = "buffer"
+        else:
+            converted[f"{base_prefix}text_model.{key}"] = tensor
+    if encoders.mlm_head is not None and hasattr(model, "cls"):
+        for key, tensor in encoders.mlm_head.state_dict().items():
+            if key == "decoder.weight":
+                report.dropped["cls.predictions.decoder.weight"] = "tied to the word embeddings"
+            elif key == "decoder.bias":
+                report.dropped["cls.predictions.decoder.bias"] = "alias of cls.predictions.bias"
+            else:
+                converted[f"cls.predictions.{key}"] = tensor
+    return converted
+
+
+def _vision_weights(
+    encoders: _Encoders, config: ValorConfig, base_prefix: str, report: InitializationReport
+) -> dict:
+    """The video tower under `vision_model.` (CLIP's grid resized), and CLIP's `logit_scale` when it applies."""
+    tower, prefix = encoders.vision, f"{base_prefix}vision_model."
+    if isinstance(tower, ValorVideoSwinModel):
+        return {f"{prefix}{key}": tensor for key, tensor in tower.state_dict().items()}
+    converted = convert_clip_vision_state_dict(tower, config.vision_config.image_size, prefix=prefix)
+    if encoders.clip_logit_scale is not None:
+        if config.logit_scale_type == "log_scale":
+            converted[f"{base_prefix}logit_scale"] = encoders.clip_logit_scale.reshape(())
+        else:
+            report.dropped["logit_scale"] = "CLIP's logit_scale (this config uses a raw temperature)"
+    return converted
+
+
+def _audio_weights(
+    encoders: _Encoders, config: ValorConfig, base_prefix: str, report: InitializationReport
+) -> dict:
+    """AST under `audio_model.`, its position grid resized to VALOR's audio input."""
+    mel, frames = config.audio_config.image_size
+    patch = config.audio_config.patch_size
+    audio_weights, audio_dropped = convert_ast_state_dict(
+        encoders.ast, (mel // patch, frames // patch), prefix=f"{base_prefix}audio_model."
+    )
+    report.dropped.update({f"audio.{k}": v for k, v in audio_dropped.items()})
+    return audio_weights
+
+
+def _encoder_weights(
+    encoders: _Encoders, model: ValorPreTrainedModel, base_prefix: str, report: InitializationReport
+) -> dict[str, torch.Tensor]:
+    """Every weight the given encoders provide, under the model's names (text, then vision, then audio)."""
+    converted: dict[str, torch.Tensor] = {}
+    if encoders.bert is not None:
+        converted.update(_text_weights(encoders, model, base_prefix, report))
+    if encoders.vision is not None:
+        converted.update(_vision_weights(encoders, model.config, base_prefix, report))
+    if encoders.ast is not None:
+        converted.update(_audio_weights(encoders, model.config, base_prefix, report))
+    return converted
+
+
+def _check_shapes(converted: Mapping[str, torch.Tensor], model: nn.Module) -> None:
+    """Every copied tensor must exist in the model with the same shape."""
+    expected = model.state_dict()
+    problems = [
+        f"{key}: got {tuple(tensor.shape)}, the model expects "
+        + (f"{tuple(expected[key].shape)}" if key in expected else "no such weight")
+        for key, tensor in converted.items()
+        if key not in expected or expected[key].shape != tensor.shape
+    ]
+    if problems:
+        raise ValueError(
+            "The encoder checkpoints do not fit the VALOR configuration:\n  " + "\n  ".join(problems)
+        )
+
+
+def _origin(key: str) -> str:
+    """Which encoder a copied VALOR weight came from."""
+    if "vision_model." in key:
+        return "vision"
+    if "audio_model." in key:
+        return "audio"
+    if key.endswith("logit_scale"):
+        return "vision (CLIP logit_scale)"
+    return "text"
+
+
+def _check_unfilled(
+    missing: list[str], base_prefix: str, given: Mapping[str, bool], has_mlm_head: bool
+) -> None:
+    """
+    Weights left at their initialisation must be new in VALOR (`NEW_WEIGHT_PATTERNS`), the tied decoder, or
+    belong to a tower that was not given (`given`: tower name -> given) or to an MLM head BERT did not have.
+    """
+    allowed = [re.compile(re.escape(base_prefix) + pattern) for pattern in NEW_WEIGHT_PATTERNS]
+    towers_not_given = [f"{base_prefix}{name}." for name, is_given in given.items() if not is_given]
+    if not has_mlm_head:
+        towers_not_given.append("cls.")
+    unexplained = [
+        key
+        for key in missing
+        if key != TIED_DECODER_KEY
+        and not any(regex.match(key) for regex in allowed)
+        and not any(key.startswith(prefix) for prefix in towers_not_given)
+    ]
+    if unexplained:
+        raise RuntimeError(f"VALOR weights left unfilled without a reason: {unexplained}")
 
 
 def init_from_encoders(
@@ -273,7 +437,7 @@ def init_from_encoders(
     Example:
 
     ```python
-    >>> from transformers_valor.initialization import init_from_encoders
+    >>> from transformers_valor.conversion import init_from_encoders
     >>> model, report = init_from_encoders(  # doctest: +SKIP
     ...     text="google-bert/bert-base-uncased",
     ...     vision="openai/clip-vit-large-patch14-336",
@@ -282,101 +446,21 @@ def init_from_encoders(
     ... )
     ```
     """
-    bert, mlm_head = _load_text(text) if text is not None else (None, None)
-    vision_tower, clip_logit_scale = _load_vision(vision) if vision is not None else (None, None)
-    ast = _load_audio(audio) if audio is not None else None
-
-    if config is None:
-        values: dict[str, Any] = dict(config_kwargs)
-        # Derived sub-configs, updated by same-named dicts in `config_kwargs` (e.g. special token ids).
-        if bert is not None:
-            values["text_config"] = {**_text_config_from_bert(bert.config), **values.get("text_config", {})}
-        if ast is not None:
-            values["audio_config"] = {**_audio_config_from_ast(ast.config), **values.get("audio_config", {})}
-        if vision_tower is not None and "vision_config" not in values:
-            values["vision_config"] = _vision_config_from(vision_tower, image_size)
-        config = ValorConfig(**values)
-    elif isinstance(config, Mapping):
-        config = ValorConfig(**{**config, **config_kwargs})
-    elif config_kwargs:
-        raise ValueError("Pass either a ValorConfig or config keyword arguments, not both.")
-
+    encoders = _load_encoders(text, vision, audio)
+    config = _resolve_config(config, encoders, image_size, config_kwargs)
     model = model_class(config)
     base_prefix = "" if isinstance(model, ValorModel) else "valor."
     report = InitializationReport()
-    converted: dict[str, torch.Tensor] = {}
-
-    if bert is not None:
-        for key, tensor in bert.state_dict().items():
-            if key.startswith("pooler."):
-                report.dropped[f"bert.{key}"] = "BERT pooler (unused by VALOR)"
-            elif key == "embeddings.position_ids" or key.endswith("token_type_ids"):
-                report.dropped[f"bert.{key}"] = "buffer"
-            else:
-                converted[f"{base_prefix}text_model.{key}"] = tensor
-        if mlm_head is not None and hasattr(model, "cls"):
-            for key, tensor in mlm_head.state_dict().items():
-                if key == "decoder.weight":
-                    report.dropped["cls.predictions.decoder.weight"] = "tied to the word embeddings"
-                elif key == "decoder.bias":
-                    report.dropped["cls.predictions.decoder.bias"] = "alias of cls.predictions.bias"
-                else:
-                    converted[f"cls.predictions.{key}"] = tensor
-    if vision_tower is not None:
-        if isinstance(vision_tower, ValorVideoSwinModel):
-            for key, tensor in vision_tower.state_dict().items():
-                converted[f"{base_prefix}vision_model.{key}"] = tensor
-        else:
-            converted.update(
-                convert_clip_vision_state_dict(
-                    vision_tower, config.vision_config.image_size, prefix=f"{base_prefix}vision_model."
-                )
-            )
-            if clip_logit_scale is not None:
-                if config.logit_scale_type == "log_scale":
-                    converted[f"{base_prefix}logit_scale"] = clip_logit_scale.reshape(())
-                else:
-                    report.dropped["logit_scale"] = "CLIP's logit_scale (this config uses a raw temperature)"
-    if ast is not None:
-        mel, frames = config.audio_config.image_size
-        patch = config.audio_config.patch_size
-        audio_weights, audio_dropped = convert_ast_state_dict(
-            ast, (mel // patch, frames // patch), prefix=f"{base_prefix}audio_model."
-        )
-        converted.update(audio_weights)
-        report.dropped.update({f"audio.{k}": v for k, v in audio_dropped.items()})
-
-    expected = model.state_dict()
-    problems = [
-        f"{key}: got {tuple(tensor.shape)}, the model expects "
-        + (f"{tuple(expected[key].shape)}" if key in expected else "no such weight")
-        for key, tensor in converted.items()
-        if key not in expected or expected[key].shape != tensor.shape
-    ]
-    if problems:
-        raise ValueError(
-            "The encoder checkpoints do not fit the VALOR configuration:\n  " + "\n  ".join(problems)
-        )
+    converted = _encoder_weights(encoders, model, base_prefix, report)
+    _check_shapes(converted, model)
     missing, unexpected = model.load_state_dict(converted, strict=False)
     assert not unexpected
     report.copied = {key: _origin(key) for key in converted}
-    tied = {"cls.predictions.decoder.weight"}
-    allowed = [re.compile(re.escape(base_prefix) + pattern) for pattern in NEW_WEIGHT_PATTERNS]
-    towers_not_given = [
-        f"{base_prefix}{name}."
-        for name, src in (("text_model", text), ("vision_model", vision), ("audio_model", audio))
-        if src is None
-    ]
-    if mlm_head is None:
-        towers_not_given.append("cls.")
-    unexplained = [
-        key
-        for key in missing
-        if key not in tied
-        and not any(regex.match(key) for regex in allowed)
-        and not any(key.startswith(prefix) for prefix in towers_not_given)
-    ]
-    if unexplained:
-        raise RuntimeError(f"VALOR weights left unfilled without a reason: {unexplained}")
-    report.new = sorted(set(missing) - tied)
+    given = {
+        "text_model": text is not None,
+        "vision_model": vision is not None,
+        "audio_model": audio is not None,
+    }
+    _check_unfilled(missing, base_prefix, given, has_mlm_head=encoders.mlm_head is not None)
+    report.new = sorted(set(missing) - {TIED_DECODER_KEY})
     return model, report

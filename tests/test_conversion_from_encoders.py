@@ -1,4 +1,5 @@
-"""Tests of `init_from_encoders`: VALOR built from tiny BERT / CLIP / Video Swin / AST checkpoints saved locally."""
+"""Tests of `transformers_valor.conversion.from_encoders` (`init_from_encoders`): VALOR built from tiny BERT /
+CLIP / Video Swin / AST checkpoints saved locally."""
 
 import re
 
@@ -24,7 +25,8 @@ from transformers_valor import (
     ValorVideoSwinConfig,
     ValorVideoSwinModel,
 )
-from transformers_valor.initialization import NEW_WEIGHT_PATTERNS, ast_patch_grid, init_from_encoders
+from transformers_valor.conversion import NEW_WEIGHT_PATTERNS, ast_patch_grid, init_from_encoders
+from transformers_valor.conversion.from_encoders import _derive_config, _load_encoders
 
 BERT = dict(
     vocab_size=99,
@@ -49,6 +51,10 @@ AST = dict(
     max_length=64,
     frequency_stride=4,
     time_stride=4,
+)
+# A tiny audio tower for models whose audio is not under test.
+TINY_AUDIO = dict(
+    hidden_size=24, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, patch_size=8
 )
 AUDIO_IMAGE = [16, 32]  # the tiny VALOR's audio input: a 2 x 4 grid of 8-px patches
 SWIN = dict(image_size=32, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=[2, 4, 4])
@@ -169,9 +175,24 @@ def test_bert_clip_ast(checkpoints):
     assert audio.embeds.shape == (2, 1, 512) and video.embeds.shape == (2, 2, 512)
 
 
-def test_clip_model_gives_the_temperature(checkpoints):
-    paths, models = checkpoints
-    model, report = init_from_encoders(vision=paths["clip"], image_size=32, model_class=ValorModel)
+@pytest.fixture(scope="module")
+def clip_valor(checkpoints):
+    """A `ValorModel` initialised from the full CLIPModel alone, built once for the tests that read it. The towers
+    not given (text, audio) are tiny: at their default (BERT-base, ViT-B) size building them takes seconds, and
+    `test_towers_not_given_take_the_default_config` checks the default-config path without building."""
+    paths, _ = checkpoints
+    return init_from_encoders(
+        vision=paths["clip"],
+        image_size=32,
+        model_class=ValorModel,
+        text_config={**BERT, **SPECIAL_IDS},
+        audio_config={**TINY_AUDIO, "image_size": AUDIO_IMAGE},
+    )
+
+
+def test_clip_model_gives_the_temperature(checkpoints, clip_valor):
+    _, models = checkpoints
+    model, report = clip_valor
     clip = models["clip"]
     assert model.config.logit_scale_type == "log_scale"
     assert torch.equal(model.logit_scale.detach(), clip.logit_scale.detach())
@@ -182,6 +203,32 @@ def test_clip_model_gives_the_temperature(checkpoints):
     assert "logit_scale" in report.copied and "logit_scale" not in report.new
     # Towers that were not given keep their initialisation.
     _assert_only_documented_new(report, prefix="", extra_prefixes=("text_model.", "audio_model."))
+
+
+def test_clip_model_vision_tower_is_resized(checkpoints, clip_valor):
+    """From a full CLIPModel: only its vision tower is used, its 6 x 6 grid resized to 4 x 4 for 32-px frames."""
+    _, models = checkpoints
+    model, report = clip_valor
+    clip = models["clip"]
+    assert model.config.vision_config.image_size == 32
+    source = clip.vision_model.embeddings.position_embedding.weight.detach()
+    expected = torch.cat([source[:1], _resized(source[1:], (6, 6), (4, 4))])
+    torch.testing.assert_close(model.vision_model.embeddings.position_embedding.weight.detach(), expected)
+    assert {origin for origin in report.copied.values()} == {"vision", "vision (CLIP logit_scale)"}
+    assert any(key.startswith("text_model.") for key in report.new)
+    assert any(key.startswith("audio_model.") for key in report.new)
+
+
+def test_towers_not_given_take_the_default_config(checkpoints):
+    _, models = checkpoints
+    config = _derive_config(_load_encoders(None, models["clip"], None), 32, {})
+    default = ValorConfig()
+    assert config.text_config.to_dict() == default.text_config.to_dict()
+    assert config.audio_config.to_dict() == default.audio_config.to_dict()
+    assert (
+        config.vision_config.image_size == 32
+        and config.vision_config.hidden_size == CLIP_VISION["hidden_size"]
+    )
 
 
 def test_bert_without_mlm_head_and_video_swin(checkpoints):
