@@ -92,3 +92,47 @@ def test_bad_shapes_raise():
         fine_grained_similarity(tester.a, tester.ma[:, :2], tester.wa, tester.b, tester.mb, tester.wb)
     with pytest.raises(ValueError, match="widths differ"):
         fine_grained_similarity(tester.a, tester.ma, tester.wa, tester.b[..., :4], tester.mb, tester.wb)
+
+
+# ------------------------------------------------------------------------------------------- the loss objects
+def test_mga_loss_object_is_infonce_of_each_groups_scores():
+    from helpers import ValorModelTester
+    from transformers_valor.losses import MultimodalGroupingAlignmentLoss
+
+    tester = ValorModelTester()
+    valor = tester.create_model().valor
+    inputs = tester.prepare_inputs()
+    with torch.no_grad():
+        features = {
+            "text": valor.get_text_features(inputs["input_ids"], inputs["attention_mask"]),
+            "video": valor.get_video_features(inputs["pixel_values_videos"]),
+            "audio": valor.get_audio_features(inputs["input_features"], inputs["input_features_mask"]),
+        }
+        scale = valor.get_logit_scale()
+        # Without a process group, gathering is a no-op: both settings give the local-batch loss.
+        for loss_fn in (
+            MultimodalGroupingAlignmentLoss(),
+            MultimodalGroupingAlignmentLoss(gather_distributed=True),
+        ):
+            losses = loss_fn(valor, features, ["tv", "tva", "atv"], scale)
+            assert list(losses) == ["mga_tv", "mga_tva", "mga_atv"]
+            for group, value in losses.items():
+                query, candidates = valor.group_features(group[4:], **features)
+                expected = contrastive_loss(valor.similarity(query, candidates) * scale)
+                torch.testing.assert_close(value, expected)
+
+
+@pytest.mark.parametrize("objective", ["unimlm", "lm"])
+def test_caption_loss_is_the_mean_over_labelled_tokens(objective):
+    from transformers_valor.losses import CaptionLoss
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 11, generator=generator)
+    labels = torch.randint(0, 11, (2, 5), generator=generator)
+    labels[0, 1] = labels[1, 3] = -100
+    loss = CaptionLoss(objective, normalize_across_processes=True)(logits, labels)
+    if objective == "lm":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = labels != -100
+    expected = F.cross_entropy(logits[keep], labels[keep])
+    torch.testing.assert_close(loss, expected)

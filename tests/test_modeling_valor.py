@@ -3,7 +3,6 @@
 import pytest
 import torch
 from transformers import (
-    AutoConfig,
     AutoModel,
     AutoModelForMultimodalLM,
     AutoModelForPreTraining,
@@ -11,112 +10,18 @@ from transformers import (
     CLIPVisionModel,
 )
 
-from helpers import ValorInputsTester, tiny_audio_config, tiny_text_config, tiny_valor_config
+from helpers import (
+    ValorModelTester,
+    tiny_text_config,
+)
 from transformers_valor import (
-    ValorConfig,
     ValorForConditionalGeneration,
     ValorForPreTraining,
     ValorForRetrieval,
     ValorModel,
-    ValorVideoSwinConfig,
 )
 
 GROUPS = ["tv", "ta", "tva", "va", "vta", "atv"]
-
-
-class ValorModelTester:
-    """Builds the tiny VALOR config and a seeded batch."""
-
-    def __init__(self, **config_overrides):
-        self.config_overrides = config_overrides
-        self.inputs = ValorInputsTester()
-
-    def get_config(self, **overrides):
-        return tiny_valor_config(**{**self.config_overrides, **overrides})
-
-    def prepare_inputs(self):
-        return self.inputs.prepare_inputs()
-
-    def create_model(self, cls=ValorForRetrieval, seed=0, **overrides):
-        torch.manual_seed(seed)
-        return cls(self.get_config(**overrides)).eval()
-
-
-# ---------------------------------------------------------------------------------------------------- config
-def test_defaults_reproduce_valor_b():
-    config = ValorConfig()
-    text, vision, audio = config.text_config, config.vision_config, config.audio_config
-    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.vocab_size) == (
-        768,
-        12,
-        12,
-        30522,
-    )
-    assert isinstance(vision, ValorVideoSwinConfig) and vision.hidden_size == 1024
-    assert (vision.depths, vision.num_heads, vision.window_size, vision.embed_dim) == (
-        [2, 2, 18, 2],
-        [4, 8, 16, 32],
-        [8, 7, 7],
-        128,
-    )
-    assert audio.model_type == "vit" and list(audio.image_size) == [64, 512] and audio.num_channels == 1
-    assert (audio.patch_size, audio.hidden_size, audio.layer_norm_eps) == (16, 768, 1e-12)
-    assert config.projection_dim == 512 and config.contrastive_type == "fine"
-    assert config.contrastive_loss_weight == 1.5 and config.temperature_init == 0.07
-    assert config.logit_scale_type == "temperature" and config.caption_objective == "unimlm"
-
-
-def test_valor_l_with_clip_vision_config(tmp_path):
-    clip = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        patch_size=14,
-        image_size=224,
-    )
-    config = ValorConfig(vision_config=clip, use_task_prompt=True)
-    assert config.is_clip_vision and config.logit_scale_type == "log_scale"
-    config.save_pretrained(tmp_path)
-    loaded = AutoConfig.from_pretrained(tmp_path)
-    assert isinstance(loaded, ValorConfig) and isinstance(loaded.vision_config, CLIPVisionConfig)
-    assert loaded.vision_config.patch_size == 14 and loaded.use_task_prompt
-
-
-def test_config_round_trip(tmp_path):
-    config = tiny_valor_config(contrastive_type="coarse", cross_attention_layout="parallel")
-    config.save_pretrained(tmp_path)
-    loaded = ValorConfig.from_pretrained(tmp_path)
-    assert loaded.to_dict() == config.to_dict()
-    assert loaded.text_config.cross_attention_layout == "parallel"
-
-
-@pytest.mark.parametrize(
-    "field, value",
-    [
-        ("contrastive_type", "medium"),
-        ("caption_objective", "mlm"),
-        ("cross_attention_layout", "sideways"),
-        ("logit_scale_type", "linear"),
-        ("contrastive_groups", ["tv", "xy"]),
-        ("caption_groups", ["va"]),
-        ("projection_dim", 0),
-        ("temperature_init", -1.0),
-        ("max_video_frames", 0),
-        ("label_smoothing", 1.5),
-        ("contrastive_loss_weight", -1.0),
-    ],
-)
-def test_invalid_config_values_name_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
-        tiny_valor_config(**{field: value})
-
-
-def test_wrong_sub_config_types():
-    with pytest.raises(ValueError, match="vision_config"):
-        ValorConfig(vision_config={"model_type": "vit"})
-    with pytest.raises(ValueError, match="audio_config"):
-        ValorConfig(audio_config={"model_type": "valor_video_swin"})
 
 
 # -------------------------------------------------------------------------------------------------- features
@@ -242,7 +147,7 @@ def test_mga_training_lowers_loss():
     [
         ({"group": "tv", "pixel_values_videos": None}, "pixel_values_videos"),
         ({"group": "ta", "input_features": None}, "input_features"),
-        ({"group": "tx"}, "Unknown modality group"),
+        ({"group": "tx"}, "Unknown contrastive group"),
     ],
 )
 def test_retrieval_input_errors(kwargs, match):
@@ -351,10 +256,3 @@ def test_text_tower_hidden_states():
     inputs = tester.prepare_inputs()
     out = model.text_model(inputs["input_ids"], inputs["attention_mask"], output_hidden_states=True)
     assert len(out.hidden_states) == tiny_text_config()["num_hidden_layers"] + 1
-
-
-def test_audio_config_is_a_plain_vit():
-    config = tiny_valor_config(audio_config=tiny_audio_config(image_size=[16, 64]))
-    model = ValorModel(config)
-    assert type(model.audio_model).__name__ == "ViTModel" and model.audio_model.pooler is None
-    assert model.audio_model.embeddings.position_embeddings.shape == (1, 1 + 2 * 8, 32)

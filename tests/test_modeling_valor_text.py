@@ -2,29 +2,12 @@
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers import BertConfig, BertModel
 
-from helpers import tiny_text_config
+from helpers import ValorTextModelTester
 from transformers_valor import ValorTextConfig, ValorTextModel
 from transformers_valor.modeling_valor_text import build_self_attention_mask
-
-
-class ValorTextModelTester:
-    """Tiny config and inputs for ValorTextModel."""
-
-    def __init__(self, batch_size=2, seq_length=6):
-        self.batch_size = batch_size
-        self.seq_length = seq_length
-
-    def get_config(self, **overrides):
-        return ValorTextConfig(**tiny_text_config(**overrides))
-
-    def prepare_inputs(self, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        ids = torch.randint(5, 99, (self.batch_size, self.seq_length), generator=g)
-        mask = torch.ones_like(ids)
-        mask[-1, -2:] = 0
-        return ids, mask
 
 
 @pytest.fixture(scope="module")
@@ -194,5 +177,5 @@ def test_bad_inputs():
         model()
     with pytest.raises(ValueError, match="attention_mask"):
         model(ids, mask[:, :3])
-    with pytest.raises(ValueError, match="cross_attention_layout"):
+    with pytest.raises(StrictDataclassFieldValidationError, match="cross_attention_layout"):
         ValorTextConfig(cross_attention_layout="sideways")

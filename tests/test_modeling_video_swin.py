@@ -9,80 +9,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
-from transformers_valor import ValorVideoSwinConfig, ValorVideoSwinModel
+from helpers import ValorVideoSwinModelTester
+from helpers import seeded_floats as floats_tensor
+from transformers_valor import ValorVideoSwinModel
 from transformers_valor.modeling_video_swin import (
     ValorVideoSwinBlock,
     get_window_and_shift,
     relative_position_index,
     shifted_window_mask,
 )
-
-
-def floats_tensor(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
-    """Reproducible standard-normal tensor."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=generator)
-
-
-class ValorVideoSwinModelTester:
-    """Builds a tiny Video Swin config and inputs: 2 stages, a window smaller than the token grid, 3 frames."""
-
-    def __init__(
-        self,
-        batch_size: int = 2,
-        num_frames: int = 3,
-        image_size: int = 24,
-        embed_dim: int = 16,
-        depths: tuple[int, ...] = (1, 2),
-        num_heads: tuple[int, ...] = (2, 4),
-        window_size: tuple[int, int, int] = (2, 3, 3),
-    ):
-        self.batch_size = batch_size
-        self.num_frames = num_frames
-        self.image_size = image_size
-        self.embed_dim = embed_dim
-        self.depths = list(depths)
-        self.num_heads = list(num_heads)
-        self.window_size = list(window_size)
-
-    def get_config(self, **overrides) -> ValorVideoSwinConfig:
-        """Tiny config; no dropout or drop path so that outputs are deterministic in training mode too."""
-        kwargs = {
-            "image_size": self.image_size,
-            "embed_dim": self.embed_dim,
-            "depths": self.depths,
-            "num_heads": self.num_heads,
-            "window_size": self.window_size,
-            "mlp_ratio": 2.0,
-            "drop_path_rate": 0.0,
-        }
-        kwargs.update(overrides)
-        return ValorVideoSwinConfig(**kwargs)
-
-    def prepare_inputs(
-        self, num_frames: int | None = None, height: int | None = None, width: int | None = None
-    ):
-        """`pixel_values_videos` of shape (batch, frames, 3, height, width)."""
-        frames = num_frames or self.num_frames
-        return floats_tensor(
-            (self.batch_size, frames, 3, height or self.image_size, width or self.image_size)
-        )
-
-    def create_model(self, seed: int = 0, **overrides) -> ValorVideoSwinModel:
-        """A seeded model in eval mode."""
-        torch.manual_seed(seed)
-        return ValorVideoSwinModel(self.get_config(**overrides)).eval()
-
-    def expected_grid(self, height: int, width: int) -> tuple[int, int]:
-        """Token grid of the last stage for a frame size."""
-        grid_h, grid_w = -(-height // 4), -(-width // 4)
-        for _ in range(len(self.depths) - 1):
-            grid_h, grid_w = -(-grid_h // 2), -(-grid_w // 2)
-        return grid_h, grid_w
-
-    @property
-    def hidden_size(self) -> int:
-        return self.embed_dim * 2 ** (len(self.depths) - 1)
 
 
 @pytest.fixture

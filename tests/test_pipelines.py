@@ -20,6 +20,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from helpers import tiny_audio_config, tiny_text_config, tiny_valor_config, tiny_video_swin_config
 from media import write_video
 from transformers_valor import (
+    MODALITY_GROUPS,
     ValorFeatureExtractor,
     ValorForConditionalGeneration,
     ValorForRetrieval,
@@ -331,8 +332,12 @@ def direct_scores(model: ValorModel, processor, queries, videos, group) -> torch
         text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
         video = model.get_video_features(inputs["pixel_values_videos"])
         audio = model.get_audio_features(inputs["input_features"], inputs["input_features_mask"])
+        uses = MODALITY_GROUPS[group].modalities
         query, candidates = model.group_features(
-            group, text=text, video=video if "v" in group else None, audio=audio if "a" in group else None
+            group,
+            text=text,
+            video=video if "video" in uses else None,
+            audio=audio if "audio" in uses else None,
         )
         return model.similarity(query, candidates)
 

@@ -1,13 +1,9 @@
-"""ValorForPreTraining: the combined objective, shared encoder passes, groups per batch, distributed MGA."""
-
-import os
-import subprocess
-import sys
+"""ValorForPreTraining: the combined objective, shared encoder passes, groups per batch (its distributed training
+through `PretrainingObjective` is tested in tests/test_training_objectives.py)."""
 
 import pytest
 import torch
 
-from distributed_pretraining_worker import build_model, global_batch
 from helpers import ValorInputsTester, tiny_valor_config
 from transformers_valor import ValorForPreTraining
 from transformers_valor.data.masking import CaptionMaskingConfig, mask_captions
@@ -102,29 +98,3 @@ def test_contrastive_only_and_errors():
         model(inputs["input_ids"])
     with pytest.raises(ValueError, match="No objective"):
         model(**inputs, contrastive_groups=[])
-
-
-def test_two_process_gradients_equal_single_process(tmp_path):
-    """MGA negatives come from the global batch: 2 gloo processes reproduce the 1-process loss and gradients."""
-    output = tmp_path / "dist.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(__file__)}
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    worker = os.path.join(os.path.dirname(__file__), "distributed_pretraining_worker.py")
-    result = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29517", worker, str(output)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    distributed = torch.load(output)
-
-    model = build_model()
-    out = model(**global_batch(model))
-    out.loss.backward()
-    torch.testing.assert_close(distributed["loss"], out.loss.detach(), atol=1e-5, rtol=1e-5)
-    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-    assert set(grads) == set(distributed["grads"])
-    for name, grad in grads.items():
-        torch.testing.assert_close(distributed["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=name)

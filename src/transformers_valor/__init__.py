@@ -13,10 +13,25 @@ from transformers import (
 )
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
-from .configuration_valor import ValorConfig, ValorTextConfig, ValorVideoSwinConfig
+from .configuration_valor import (
+    MODALITY_GROUPS,
+    ModalityGroup,
+    ValorAudioConfig,
+    ValorConfig,
+    ValorTextConfig,
+    ValorVideoSwinConfig,
+    get_modality_group,
+)
+from .conversion import init_from_encoders
 from .feature_extraction_valor import ValorFeatureExtractor
-from .initialization import init_from_encoders
-from .losses import coarse_similarity, contrastive_loss, fine_grained_similarity, gather_with_grad
+from .losses import (
+    CaptionLoss,
+    MultimodalGroupingAlignmentLoss,
+    coarse_similarity,
+    contrastive_loss,
+    fine_grained_similarity,
+    gather_with_grad,
+)
 from .modelcard import create_model_card
 from .modeling_valor import (
     ValorCaptioningOutput,
@@ -29,7 +44,9 @@ from .modeling_valor import (
     ValorPreTrainedModel,
     ValorPreTrainingOutput,
     ValorRetrievalOutput,
+    concat_feature_batches,
 )
+from .modeling_valor_audio import ValorAudioModel, ValorAudioModelOutput
 from .modeling_valor_text import ValorTextModel, ValorTextModelOutput, ValorTextPreTrainedModel
 from .modeling_video_swin import ValorVideoSwinModel, ValorVideoSwinPreTrainedModel
 from .pipelines import register_pipelines
@@ -40,8 +57,10 @@ from .video_processing_valor import ValorVideoProcessor
 AutoConfig.register("valor", ValorConfig)
 AutoConfig.register("valor_text_model", ValorTextConfig)
 AutoConfig.register("valor_video_swin", ValorVideoSwinConfig)
+AutoConfig.register("valor_audio", ValorAudioConfig)
 AutoModel.register(ValorVideoSwinConfig, ValorVideoSwinModel)
 AutoModel.register(ValorTextConfig, ValorTextModel)
+AutoModel.register(ValorAudioConfig, ValorAudioModel)
 AutoModel.register(ValorConfig, ValorModel)
 AutoModelForPreTraining.register(ValorConfig, ValorForPreTraining)
 # transformers has no AutoModelForRetrieval; ValorForRetrieval is imported directly.
@@ -51,6 +70,8 @@ AutoFeatureExtractor.register(ValorConfig, ValorFeatureExtractor)
 AutoVideoProcessor.register(ValorConfig, ValorVideoProcessor)
 AutoProcessor.register(ValorConfig, ValorProcessor)
 register_pipelines()
+# Saved VALOR folders get a model card; the models themselves do not import the card code.
+ValorPreTrainedModel.model_card_writer = staticmethod(create_model_card)
 
 __all__ = [
     "ValorModel",
@@ -70,6 +91,15 @@ __all__ = [
     "coarse_similarity",
     "contrastive_loss",
     "gather_with_grad",
+    "MultimodalGroupingAlignmentLoss",
+    "CaptionLoss",
+    "concat_feature_batches",
+    "ValorAudioConfig",
+    "ValorAudioModel",
+    "ValorAudioModelOutput",
+    "MODALITY_GROUPS",
+    "ModalityGroup",
+    "get_modality_group",
     "init_from_encoders",
     "create_model_card",
     "ValorConfig",

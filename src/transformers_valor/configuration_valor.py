@@ -1,36 +1,96 @@
-"""Configuration classes for VALOR: the composite `ValorConfig`, its text tower and the Video Swin video tower."""
+"""Configuration classes for VALOR (the composite `ValorConfig`, its text, Video Swin and audio towers) and the one
+table of modality groups (`MODALITY_GROUPS`) that every module reads."""
 
-from __future__ import annotations
-
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, CLIPVisionConfig, PreTrainedConfig
+from transformers import AutoConfig, CLIPVisionConfig, PreTrainedConfig, ViTConfig
 from transformers.configuration_utils import SubConfigSpec
 
-CONTRASTIVE_TYPES = ("fine", "coarse")
-CAPTION_OBJECTIVES = ("unimlm", "lm")
-CROSS_ATTENTION_LAYOUTS = ("concat", "parallel", "video_first", "audio_first")
-LOGIT_SCALE_TYPES = ("temperature", "log_scale")
-# Text-video, text-audio, text-audiovisual, video-audio, video-(text+audio), audio-(text+video).
-CONTRASTIVE_GROUPS = ("tv", "ta", "tva", "va", "vta", "atv")
-CAPTION_GROUPS = ("tv", "ta", "tva")
+Modality = Literal["text", "video", "audio"]
+GroupName = Literal["tv", "ta", "tva", "va", "vta", "atv"]
+CaptionGroupName = Literal["tv", "ta", "tva"]
+ContrastiveType = Literal["fine", "coarse"]
+CaptionObjective = Literal["unimlm", "lm"]
+CrossAttentionLayout = Literal["concat", "parallel", "video_first", "audio_first"]
+LogitScaleType = Literal["temperature", "log_scale"]
 
-# Facts of the AST-style audio encoder (VALOR_SPEC section 1): a plain ViT-B/16 on (64 mel x 512 frames).
-AUDIO_ENCODER_DEFAULTS: dict[str, Any] = {
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.0,
-    "attention_probs_dropout_prob": 0.0,
-    "layer_norm_eps": 1e-12,
-    "image_size": [64, 512],
-    "patch_size": 16,
-    "num_channels": 1,
-    "qkv_bias": True,
+CONTRASTIVE_TYPES: tuple[str, ...] = get_args(ContrastiveType)
+CAPTION_OBJECTIVES: tuple[str, ...] = get_args(CaptionObjective)
+CROSS_ATTENTION_LAYOUTS: tuple[str, ...] = get_args(CrossAttentionLayout)
+LOGIT_SCALE_TYPES: tuple[str, ...] = get_args(LogitScaleType)
+
+
+@dataclass(frozen=True)
+class ModalityGroup:
+    """
+    One of VALOR's modality groups: which sides Multimodal Grouping Alignment compares, which modalities the
+    decoder is conditioned on when the group is also a captioning (MGC) group, and how metrics name it.
+
+    Args:
+        name (`str`): `tv`, `ta`, `tva`, `va`, `vta` or `atv`.
+        query (`tuple[str, ...]`): the modalities of the first MGA side (the queries in retrieval).
+        candidates (`tuple[str, ...]`): the modalities of the second side, concatenated along positions.
+        decoder_modalities (`tuple[str, ...]`, *optional*): what the decoder cross-attends to for MGC; `None` for
+            groups that are not captioning groups.
+        metric_names (`tuple[str, str]`): short names of the two retrieval directions (`t2v`, `v2t`).
+        label (`str`): a readable name for tables (`text -> video`).
+    """
+
+    name: str
+    query: tuple[str, ...]
+    candidates: tuple[str, ...]
+    decoder_modalities: tuple[str, ...] | None
+    metric_names: tuple[str, str]
+    label: str
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        """Every modality the group's MGA score reads."""
+        return frozenset(self.query + self.candidates)
+
+    @property
+    def media(self) -> str:
+        """The group's non-text modalities as the `modalities=` arguments of the processor, `generate()` and the
+        pipelines name them: `"video"`, `"audio"` or `"both"`."""
+        non_text = sorted(self.modalities - {"text"}, reverse=True)  # ["video", "audio"] order
+        return "both" if len(non_text) == 2 else non_text[0]
+
+
+# The one table of modality groups; every module reads it.
+MODALITY_GROUPS: dict[str, ModalityGroup] = {
+    group.name: group
+    for group in (
+        ModalityGroup("tv", ("text",), ("video",), ("video",), ("t2v", "v2t"), "text -> video"),
+        ModalityGroup("ta", ("text",), ("audio",), ("audio",), ("t2a", "a2t"), "text -> audio"),
+        ModalityGroup(
+            "tva", ("text",), ("video", "audio"), ("video", "audio"), ("t2va", "va2t"), "text -> audio+video"
+        ),
+        ModalityGroup("va", ("video",), ("audio",), None, ("v2a", "a2v"), "video -> audio"),
+        ModalityGroup("vta", ("video",), ("text", "audio"), None, ("v2ta", "ta2v"), "video -> text+audio"),
+        ModalityGroup("atv", ("audio",), ("text", "video"), None, ("a2tv", "tv2a"), "audio -> text+video"),
+    )
 }
+CONTRASTIVE_GROUPS: tuple[str, ...] = tuple(MODALITY_GROUPS)
+CAPTION_GROUPS: tuple[str, ...] = tuple(g.name for g in MODALITY_GROUPS.values() if g.decoder_modalities)
+# Groups whose queries are text: what retrieval evaluation and the retrieval pipeline serve.
+RETRIEVAL_GROUPS: tuple[str, ...] = tuple(g.name for g in MODALITY_GROUPS.values() if g.query == ("text",))
+_GROUPS_BY_KIND = {
+    "contrastive": CONTRASTIVE_GROUPS,
+    "caption": CAPTION_GROUPS,
+    "retrieval": RETRIEVAL_GROUPS,
+}
+
+
+def get_modality_group(
+    name: str, kind: Literal["contrastive", "caption", "retrieval"] = "contrastive"
+) -> ModalityGroup:
+    """The [`ModalityGroup`] called `name`; a ValueError lists the groups allowed for `kind` otherwise."""
+    allowed = _GROUPS_BY_KIND[kind]
+    if name not in allowed:
+        raise ValueError(f"Unknown {kind} group {name!r}; choose one of {list(allowed)}.")
+    return MODALITY_GROUPS[name]
 
 
 def _check_choice(field: str, value: Any, allowed: tuple) -> None:
@@ -155,24 +215,62 @@ class ValorTextConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     add_cross_attention: bool = True
-    cross_attention_layout: str = "concat"
-    pad_token_id: int = 0
-    bos_token_id: int = 101
-    eos_token_id: int = 102
-    mask_token_id: int = 103
+    cross_attention_layout: CrossAttentionLayout = "concat"
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 101
+    eos_token_id: int | None = 102
+    mask_token_id: int | None = 103
     random_token_start: int = 106
     is_decoder: bool = False
     use_cache: bool = True
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
-        _check_choice("cross_attention_layout", self.cross_attention_layout, CROSS_ATTENTION_LAYOUTS)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
                 f"({self.num_attention_heads})."
             )
         super().__post_init__(**kwargs)
+
+
+@strict
+class ValorAudioConfig(ViTConfig):
+    r"""
+    Configuration of [`ValorAudioModel`], VALOR's AST-style audio encoder: a plain ViT-B/16 over Kaldi fbank
+    clips of 64 mel bins x 512 frames (one input channel, one CLS token, no pooler). Every field is a
+    [`~transformers.ViTConfig`] field; only the defaults differ (`image_size=[64, 512]`, `num_channels=1`).
+
+    Example:
+
+    ```python
+    >>> from transformers_valor import ValorAudioConfig, ValorAudioModel
+    >>> model = ValorAudioModel(ValorAudioConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    ...                                          intermediate_size=37, image_size=[16, 32], patch_size=8))
+    ```
+    """
+
+    model_type = "valor_audio"
+    base_config_key = "audio_config"
+
+    image_size: int | list[int] | tuple[int, int] = (64, 512)
+    num_channels: int = 1
+
+    def __post_init__(self, **kwargs):
+        if not isinstance(self.image_size, int):
+            self.image_size = list(self.image_size)
+        super().__post_init__(**kwargs)
+
+
+def _as_audio_config(value: Any) -> Any:
+    """Accept the audio tower's earlier form, a ViT config (`model_type: vit`), as a `ValorAudioConfig`."""
+    if isinstance(value, ValorAudioConfig) or value is None:
+        return value
+    if isinstance(value, ViTConfig):
+        value = value.to_dict()
+    if isinstance(value, dict) and value.get("model_type", "vit") == "vit":
+        return {**value, "model_type": ValorAudioConfig.model_type}
+    return value
 
 
 @strict
@@ -186,8 +284,8 @@ class ValorConfig(PreTrainedConfig):
         text_config (`dict` or [`ValorTextConfig`]): the shared text encoder / multimodal decoder.
         vision_config (`dict`, [`ValorVideoSwinConfig`] or [`~transformers.CLIPVisionConfig`]): the video
             encoder. A `CLIPVisionConfig` encodes each frame with `CLIPVisionModel` (VALOR-L).
-        audio_config (`dict` or [`~transformers.ViTConfig`]): the AST-style audio encoder (1 channel,
-            64 x 512 input, patch 16, one CLS token).
+        audio_config (`dict` or [`ValorAudioConfig`]): the AST-style audio encoder (1 channel, 64 x 512
+            input, patch 16, one CLS token). A ViT config (`model_type: vit`, the earlier form) is accepted.
         projection_dim (`int`, defaults to 512): width of the contrastive (MGA) space.
         contrastive_type (`str`, defaults to `"fine"`): `"fine"` (token-wise weighted max-similarity, VALOR's
             default) or `"coarse"` (mean-pooled features and a dot product).
@@ -230,23 +328,21 @@ class ValorConfig(PreTrainedConfig):
     sub_configs_defaults = {
         "text_config": SubConfigSpec(config_class=ValorTextConfig),
         "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="valor_video_swin"),
-        "audio_config": SubConfigSpec(
-            config_class=AutoConfig, model_type="vit", init_kwargs=AUDIO_ENCODER_DEFAULTS
-        ),
+        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="valor_audio"),
     }
 
     text_config: dict | PreTrainedConfig | None = None
     vision_config: dict | PreTrainedConfig | None = None
     audio_config: dict | PreTrainedConfig | None = None
     projection_dim: int = 512
-    contrastive_type: str = "fine"
-    contrastive_groups: list[str] | tuple[str, ...] = ("tva", "tv", "ta")
-    caption_groups: list[str] | tuple[str, ...] = ("tva", "tv", "ta")
+    contrastive_type: ContrastiveType = "fine"
+    contrastive_groups: list[GroupName] | tuple[GroupName, ...] = ("tva", "tv", "ta")
+    caption_groups: list[CaptionGroupName] | tuple[CaptionGroupName, ...] = ("tva", "tv", "ta")
     contrastive_loss_weight: float = 1.5
-    logit_scale_type: str | None = None
+    logit_scale_type: LogitScaleType | None = None
     temperature_init: float = 0.07
-    caption_objective: str = "unimlm"
-    cross_attention_layout: str = "concat"
+    caption_objective: CaptionObjective = "unimlm"
+    cross_attention_layout: CrossAttentionLayout = "concat"
     use_task_prompt: bool = False
     task_prompt: str = "describe the video with natural language"
     max_video_frames: int = 32
@@ -256,24 +352,20 @@ class ValorConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
-        if isinstance(self.audio_config, dict) and "model_type" not in self.audio_config:
-            self.audio_config = {**AUDIO_ENCODER_DEFAULTS, **self.audio_config}
+        self.audio_config = _as_audio_config(self.audio_config)
         super().__post_init__(**kwargs)
         if self.vision_config.model_type not in ("valor_video_swin", "clip_vision_model"):
             raise ValueError(
                 "`vision_config` must be a ValorVideoSwinConfig or a CLIPVisionConfig, got model_type "
                 f"{self.vision_config.model_type!r}."
             )
-        if self.audio_config.model_type != "vit":
+        if not isinstance(self.audio_config, ValorAudioConfig):
             raise ValueError(
-                f"`audio_config` must be a ViTConfig, got model_type {self.audio_config.model_type!r}."
+                "`audio_config` must be a ValorAudioConfig (or a ViT config), got model_type "
+                f"{self.audio_config.model_type!r}."
             )
-        _check_choice("contrastive_type", self.contrastive_type, CONTRASTIVE_TYPES)
-        _check_choice("caption_objective", self.caption_objective, CAPTION_OBJECTIVES)
-        _check_choice("cross_attention_layout", self.cross_attention_layout, CROSS_ATTENTION_LAYOUTS)
         if self.logit_scale_type is None:
             self.logit_scale_type = "log_scale" if self.is_clip_vision else "temperature"
-        _check_choice("logit_scale_type", self.logit_scale_type, LOGIT_SCALE_TYPES)
         self.contrastive_groups = list(self.contrastive_groups)
         self.caption_groups = list(self.caption_groups)
         for group in self.contrastive_groups:
@@ -293,8 +385,3 @@ class ValorConfig(PreTrainedConfig):
     def is_clip_vision(self) -> bool:
         """Whether the video encoder is CLIP's vision tower applied per frame (VALOR-L)."""
         return isinstance(self.vision_config, CLIPVisionConfig)
-
-    @property
-    def video_hidden_size(self) -> int:
-        """Width of the video encoder's output tokens."""
-        return self.vision_config.hidden_size

@@ -280,6 +280,17 @@ class ValorFeatureExtractor(SequenceFeatureExtractor):
             out[torch.from_numpy(clip_ids == clip_id), :, : fbank.shape[0]] = fbank.T
         return out
 
+    def _sample_features(self, sample, in_rate, num_clips, mode, generator) -> torch.Tensor:
+        """`(num_clips, mel, time)` fbank clips of one sample (a path or a waveform at `in_rate`)."""
+        if sample is None:
+            raise MissingAudioStreamError("None")
+        if isinstance(sample, (str, os.PathLike)):
+            return self._features_from_file(check_path(sample), num_clips, mode, generator)
+        wave = torch.as_tensor(sample, dtype=torch.float32)
+        wave = wave.mean(dim=0) if wave.ndim == 2 else wave.reshape(-1)
+        wave = resample_waveform(wave.numpy(), in_rate, self.sampling_rate)
+        return self._features_from_waveform(wave, num_clips, mode, generator)
+
     # ------------------------------------------------------------------------------------------------------------
     # Batch
     # ------------------------------------------------------------------------------------------------------------
@@ -347,16 +358,7 @@ class ValorFeatureExtractor(SequenceFeatureExtractor):
                 repr(os.fspath(sample)) if isinstance(sample, (str, os.PathLike)) else type(sample).__name__
             )
             try:
-                if sample is None:
-                    raise MissingAudioStreamError("None")
-                if isinstance(sample, (str, os.PathLike)):
-                    clips = self._features_from_file(check_path(sample), num_clips, mode, generator)
-                else:
-                    wave = torch.as_tensor(sample, dtype=torch.float32)
-                    wave = wave.mean(dim=0) if wave.ndim == 2 else wave.reshape(-1)
-                    wave = resample_waveform(wave.numpy(), in_rate, self.sampling_rate)
-                    clips = self._features_from_waveform(wave, num_clips, mode, generator)
-                features[i] = clips
+                features[i] = self._sample_features(sample, in_rate, num_clips, mode, generator)
             except MissingAudioStreamError:
                 mask[i] = 0
                 silent.append(f"[{i}] {source}")
@@ -367,14 +369,19 @@ class ValorFeatureExtractor(SequenceFeatureExtractor):
         if self.do_normalize:
             real = mask.bool()  # (batch, num_clips); silent samples stay exactly zero
             features[real] = (features[real] - self.mean) / (2 * self.std)
-        if silent:
-            warnings.warn(
-                f"No audio stream for {len(silent)} sample(s): {', '.join(silent)}; their audio input is all zeros "
-                "and `input_features_mask` is 0.",
-                UserWarning,
-                stacklevel=2,
-            )
+        _warn_silent(silent)
         data = {"input_features": features, "input_features_mask": mask}
         if return_tensors != "pt":
             data = {k: v.numpy() for k, v in data.items()}
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+
+def _warn_silent(silent: list[str]) -> None:
+    """One warning naming every sample without an audio stream."""
+    if silent:
+        warnings.warn(
+            f"No audio stream for {len(silent)} sample(s): {', '.join(silent)}; their audio input is all zeros "
+            "and `input_features_mask` is 0.",
+            UserWarning,
+            stacklevel=3,
+        )

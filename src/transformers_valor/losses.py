@@ -1,11 +1,16 @@
-"""Multimodal Grouping Alignment (MGA) scoring and losses, and the cross-process feature gather.
+"""VALOR's objectives: Multimodal Grouping Alignment (MGA) scoring and loss, the caption (MGC) loss, and the
+cross-process gather they use in distributed training.
 
-Everything here is a small pure function on tensors, so a corpus can be encoded once and scored many times
-(`fine_grained_similarity` works on precomputed features) and the training loop decides where the gather
-happens.
+The scoring functions are pure functions on tensors, so a corpus can be encoded once and scored many times
+(`fine_grained_similarity` works on precomputed features). The two loss objects own every distributed concern:
+[`MultimodalGroupingAlignmentLoss`] all-gathers the features (with gradients) when asked to, so the negatives of
+a step are the global batch, and [`CaptionLoss`] can normalise by the global number of labelled tokens. Model
+forwards never gather; the training objectives decide (open_clip's `ClipLoss` works the same way).
 """
 
+import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -151,3 +156,97 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
 def temperature_to_logit_scale(temperature: float) -> float:
     """The `log_scale` parameter value equivalent to a temperature: log(1 / temperature)."""
     return math.log(1.0 / temperature)
+
+
+def gather_features(features, contrastive_type: str):
+    """
+    All-gather, with gradients, the fields of a `ValorFeatures` that the MGA score of `contrastive_type` reads
+    (the pooled vector for `coarse`; embeddings, mask and weight logits for `fine`). Other fields are dropped.
+    """
+    keys = ("pooled_embeds",) if contrastive_type == "coarse" else ("embeds", "mask", "weight_logits")
+    gathered = {field.name: None for field in dataclasses.fields(features)}
+    gathered.update({key: gather_with_grad(getattr(features, key)) for key in keys})
+    return type(features)(**gathered)
+
+
+class MultimodalGroupingAlignmentLoss:
+    """
+    VALOR's MGA loss: for each modality group, the symmetric InfoNCE of the group's score matrix (query side x
+    candidate side, scaled by 1 / tau), with the paired samples on the diagonal.
+
+    Args:
+        gather_distributed (`bool`, defaults to `False`): under an active multi-process group, all-gather the
+            features (with gradients) first, so that every process scores its samples against the global batch;
+            DDP's gradient average then equals the gradient of the global-batch loss.
+
+    Calling it with `(scorer, features, groups, logit_scale)` returns `{"mga_<group>": loss}`. `scorer` is a
+    [`ValorModel`] (its `group_features` arranges the sides, its `similarity` scores them); `features` maps
+    `"text"`, `"video"` and `"audio"` to `ValorFeatures` (or `None`).
+    """
+
+    def __init__(self, gather_distributed: bool = False):
+        self.gather_distributed = gather_distributed
+
+    def __call__(
+        self, scorer, features: Mapping[str, object], groups: Sequence[str], logit_scale: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The loss of every group in `groups`, keyed `mga_<group>`."""
+        if self.gather_distributed and is_distributed():
+            contrastive_type = scorer.config.contrastive_type
+            features = {
+                name: gather_features(value, contrastive_type) if value is not None else None
+                for name, value in features.items()
+            }
+        losses = {}
+        for group in groups:
+            query, candidates = scorer.group_features(group, **features)
+            losses[f"mga_{group}"] = contrastive_loss(scorer.similarity(query, candidates) * logit_scale)
+        return losses
+
+
+def caption_loss_sum(
+    logits: torch.Tensor, labels: torch.Tensor, objective: str, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    MGC cross-entropy summed over the labelled positions, and their count.
+
+    `unimlm`: `labels[i]` is the target of position `i` (-100 elsewhere). `lm`: labels are the input ids and
+    position `i` predicts token `i + 1` (the shift happens here, as in `transformers` causal LMs).
+    """
+    if objective == "lm":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    loss_sum = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        labels.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+    )
+    return loss_sum, (labels != -100).sum()
+
+
+class CaptionLoss:
+    """
+    VALOR's caption (MGC) loss: token cross-entropy averaged over the labelled positions.
+
+    Args:
+        objective (`str`): `"unimlm"` (targets at masked positions) or `"lm"` (next token; shifted inside).
+        label_smoothing (`float`, defaults to 0.0).
+        normalize_across_processes (`bool`, defaults to `False`): under an active multi-process group, divide by
+            the GLOBAL labelled-token count (times the world size), so that DDP's gradient average equals the
+            gradient of the mean over the global batch rather than a mean of per-process means.
+    """
+
+    def __init__(
+        self, objective: str, label_smoothing: float = 0.0, normalize_across_processes: bool = False
+    ):
+        self.objective = objective
+        self.label_smoothing = label_smoothing
+        self.normalize_across_processes = normalize_across_processes
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The mean loss of `logits` `(batch, length, vocab)` against `labels` `(batch, length)`."""
+        loss_sum, count = caption_loss_sum(logits, labels, self.objective, self.label_smoothing)
+        if self.normalize_across_processes and is_distributed():
+            return loss_sum * dist.get_world_size() / all_reduce_sum(count).clamp(min=1)
+        return loss_sum / count.clamp(min=1)

@@ -2,7 +2,7 @@
 
 [`create_model_card`] builds a card with `huggingface_hub`'s `ModelCard`/`ModelCardData`: pipeline tag, library,
 tags, datasets, optional `model-index` evaluation results, a description of the architecture read off the config,
-and a usage snippet. The converter (`transformers_valor.convert_original`) writes one next to every converted
+and a usage snippet. The converter (`transformers_valor.conversion`) writes one next to every converted
 checkpoint.
 """
 
@@ -161,25 +161,42 @@ def create_model_card(
     class_name = type(model_or_config).__name__ if model_or_config is not config else None
     architectures = list(getattr(config, "architectures", None) or [])
     head = class_name or (architectures[0] if architectures else "ValorForPreTraining")
-    if pipeline_tag is None:
-        pipeline_tag = PIPELINE_TAGS.get(head, "video-text-to-text")
     if model_id is None:
         model_id = getattr(config, "name_or_path", None) or "path/to/valor"
     model_name = str(model_id).rstrip("/").split("/")[-1]
-    all_tags = list(dict.fromkeys([*DEFAULT_TAGS, *(tags or ())]))
-    results = [_eval_result(entry) for entry in eval_results] if eval_results else None
-
     data = ModelCardData(
         language=language,
         license=license,
         library_name="transformers",
-        pipeline_tag=pipeline_tag,
-        tags=all_tags,
+        pipeline_tag=pipeline_tag or PIPELINE_TAGS.get(head, "video-text-to-text"),
+        tags=list(dict.fromkeys([*DEFAULT_TAGS, *(tags or ())])),
         datasets=list(datasets) if datasets is not None else list(PRETRAINING_DATASETS),
         base_model=list(base_model) if isinstance(base_model, (list, tuple)) else base_model,
         model_name=model_name,
-        eval_results=results,
+        eval_results=[_eval_result(entry) for entry in eval_results] if eval_results else None,
     )
+    body = _card_body(config, model_name, str(model_id), description)
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    if output_dir is not None:
+        path = os.path.join(os.fspath(output_dir), "README.md")
+        if overwrite or not os.path.exists(path):
+            os.makedirs(os.fspath(output_dir), exist_ok=True)
+            card.save(path)
+    return card
+
+
+_CITATION = """```bibtex
+@article{chen2023valor,
+  title={VALOR: Vision-Audio-Language Omni-Perception Pretraining Model and Dataset},
+  author={Chen, Sihan and He, Xingjian and Guo, Longteng and Zhu, Xinxin and Wang, Weining and Tang, Jinhui and Liu, Jing},
+  journal={arXiv preprint arXiv:2304.08345},
+  year={2023}
+}
+```"""
+
+
+def _card_body(config: ValorConfig, model_name: str, model_id: str, description: str | None) -> str:
+    """The Markdown of a card below its metadata: summary, architecture, usage and citation."""
     sections = [
         f"# {model_name}",
         "",
@@ -210,21 +227,7 @@ def create_model_card(
         "",
         "## Citation",
         "",
-        "```bibtex",
-        "@article{chen2023valor,",
-        "  title={VALOR: Vision-Audio-Language Omni-Perception Pretraining Model and Dataset},",
-        "  author={Chen, Sihan and He, Xingjian and Guo, Longteng and Zhu, Xinxin and Wang, Weining and "
-        "Tang, Jinhui and Liu, Jing},",
-        "  journal={arXiv preprint arXiv:2304.08345},",
-        "  year={2023}",
-        "}",
-        "```",
+        _CITATION,
         "",
     ]
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(sections))
-    if output_dir is not None:
-        path = os.path.join(os.fspath(output_dir), "README.md")
-        if overwrite or not os.path.exists(path):
-            os.makedirs(os.fspath(output_dir), exist_ok=True)
-            card.save(path)
-    return card
+    return "\n".join(sections)

@@ -12,46 +12,30 @@ Input names: `input_ids`/`attention_mask` (text), `pixel_values_videos` (batch, 
 """
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPVisionModel, GenerationMixin, PreTrainedModel, ViTModel
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
-from .configuration_valor import CAPTION_GROUPS, CONTRASTIVE_GROUPS, ValorConfig
+from .configuration_valor import GroupName, ValorConfig, get_modality_group
 from .losses import (
-    all_reduce_sum,
+    DEFAULT_MAX_BLOCK_ELEMENTS,
+    CaptionLoss,
+    MultimodalGroupingAlignmentLoss,
     coarse_similarity,
     contrastive_loss,
     fine_grained_similarity,
-    gather_with_grad,
-    is_distributed,
     temperature_to_logit_scale,
 )
+from .modeling_valor_audio import ValorAudioModel
 from .modeling_valor_text import ValorTextModel, ValorTextOnlyMLMHead
-from .modeling_video_swin import ValorVideoSwinModel
-
-ModalityGroup = Literal["tv", "ta", "tva", "va", "vta", "atv"]
-# Which sides each MGA group compares: (query side, candidate side), each a tuple of modalities.
-GROUP_SIDES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "tv": (("text",), ("video",)),
-    "ta": (("text",), ("audio",)),
-    "tva": (("text",), ("video", "audio")),
-    "va": (("video",), ("audio",)),
-    "vta": (("video",), ("text", "audio")),
-    "atv": (("audio",), ("text", "video")),
-}
-# The modalities the decoder is conditioned on for each MGC group.
-CAPTION_GROUP_MODALITIES: dict[str, tuple[str, ...]] = {
-    "tv": ("video",),
-    "ta": ("audio",),
-    "tva": ("video", "audio"),
-}
 
 
 @dataclass
@@ -175,6 +159,19 @@ def concat_features(*features: ValorFeatures) -> ValorFeatures:
     )
 
 
+def concat_feature_batches(parts: list[ValorFeatures]) -> ValorFeatures:
+    """Concatenate features of several batches of the same modality along the batch axis (e.g. a corpus
+    encoded in chunks). Fields that are `None` in the first part stay `None`."""
+    keys = ("embeds", "mask", "weight_logits", "pooled_embeds")
+    return ValorFeatures(
+        **{
+            key: torch.cat([getattr(p, key) for p in parts])
+            for key in keys
+            if getattr(parts[0], key) is not None
+        }
+    )
+
+
 def _weight_mlp(dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
 
@@ -217,25 +214,19 @@ class ValorPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _keys_to_ignore_on_load_unexpected = [r"pooler\."]
 
+    # Set by the package (`transformers_valor.modelcard.create_model_card`): writes README.md into a saved folder.
+    model_card_writer: Callable | None = None
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as `PreTrainedModel.save_pretrained` does, plus a README.md model card when the folder has none."""
         super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True) and not os.path.exists(
-            os.path.join(save_directory, "README.md")
+        writer = type(self).model_card_writer
+        if (
+            writer is not None
+            and kwargs.get("is_main_process", True)
+            and not os.path.exists(os.path.join(save_directory, "README.md"))
         ):
-            from .modelcard import create_model_card
-
-            create_model_card(self, save_directory)
-
-    @classmethod
-    def from_single_modality_encoders(cls, config=None, text=None, vision=None, audio=None, **kwargs):
-        """
-        Build this VALOR class from single-modality checkpoints: a BERT (`text`), a CLIP or Video Swin (`vision`)
-        and an AST (`audio`), each a path, hub id or loaded model. See `initialization.init_from_encoders`.
-        """
-        from .initialization import init_from_encoders  # initialization imports this module
-
-        return init_from_encoders(config, text=text, vision=vision, audio=audio, model_class=cls, **kwargs)[0]
+            writer(self, save_directory)
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -282,11 +273,9 @@ class ValorModel(ValorPreTrainedModel):
         dim = config.projection_dim
 
         self.text_model = ValorTextModel(config.text_config)
-        if config.is_clip_vision:
-            self.vision_model = CLIPVisionModel(config.vision_config)
-        else:
-            self.vision_model = ValorVideoSwinModel(config.vision_config)
-        self.audio_model = ViTModel(config.audio_config, add_pooling_layer=False)
+        # Video Swin (ValorVideoSwinConfig) or CLIP's vision tower per frame (CLIPVisionConfig).
+        self.vision_model = AutoModel.from_config(config.vision_config)
+        self.audio_model: ValorAudioModel = AutoModel.from_config(config.audio_config)
 
         self.text_projection = nn.Linear(text_width, dim, bias=False)
         self.video_projection = nn.Linear(video_width, dim, bias=False)
@@ -382,11 +371,8 @@ class ValorModel(ValorPreTrainedModel):
             tokens `(batch, clips, 1 + patches, audio_width)` and per-clip [CLS] features `(batch, clips, width)`.
         """
         self._check_audio(input_features, None)
-        batch, clips = input_features.shape[:2]
-        pixel_values = input_features.flatten(0, 1)[:, None].to(self.dtype)  # (B*clips, 1, mel, time)
-        hidden = self.audio_model(pixel_values=pixel_values).last_hidden_state
-        tokens = hidden.view(batch, clips, *hidden.shape[1:])  # (B, clips, 1 + patches, C)
-        return tokens, tokens[:, :, 0]
+        output = self.audio_model(input_features.to(self.dtype), return_dict=True)
+        return output.last_hidden_state, output.pooler_output
 
     def _features(self, feats, mask, projection, weight_mlp_name, pooled_source) -> ValorFeatures:
         embeds = F.normalize(projection(feats), dim=-1)
@@ -471,7 +457,7 @@ class ValorModel(ValorPreTrainedModel):
     # ------------------------------------------------------------------------------------------------ scoring
     def group_features(
         self,
-        group: ModalityGroup,
+        group: GroupName,
         text: ValorFeatures | None = None,
         video: ValorFeatures | None = None,
         audio: ValorFeatures | None = None,
@@ -481,15 +467,14 @@ class ValorModel(ValorPreTrainedModel):
 
         With `contrastive_type="coarse"`, the `tva` candidate side is the fused audiovisual vector.
         """
-        if group not in GROUP_SIDES:
-            raise ValueError(f"Unknown modality group {group!r}; choose one of {list(CONTRASTIVE_GROUPS)}.")
+        spec = get_modality_group(group)
         available = {"text": text, "video": video, "audio": audio}
-        missing = [name for side in GROUP_SIDES[group] for name in side if available[name] is None]
+        query_side, candidate_side = spec.query, spec.candidates
+        missing = [name for name in query_side + candidate_side if available[name] is None]
         if missing:
             raise ValueError(
                 f"Modality group {group!r} needs {' and '.join(missing)} features, which were not given."
             )
-        query_side, candidate_side = GROUP_SIDES[group]
         if self.config.contrastive_type == "coarse":
             if len(candidate_side) == 2 and group != "tva":
                 raise NotImplementedError(
@@ -509,7 +494,7 @@ class ValorModel(ValorPreTrainedModel):
         self,
         query: ValorFeatures,
         candidates: ValorFeatures,
-        max_block_elements: int | None = 2**26,
+        max_block_elements: int | None = DEFAULT_MAX_BLOCK_ELEMENTS,
     ) -> torch.Tensor:
         """
         MGA scores `(num_queries, num_candidates)` between two sides prepared by `group_features`: VALOR's
@@ -581,17 +566,12 @@ def _check_batch_sizes(**tensors: torch.Tensor | None) -> int:
     return next(iter(sizes.values())) if sizes else 0
 
 
-def _gather_features(features: ValorFeatures, contrastive_type: str) -> ValorFeatures:
-    """All-gather, with gradients, the fields of `features` that the MGA score of `contrastive_type` reads."""
-    keys = ("pooled_embeds",) if contrastive_type == "coarse" else ("embeds", "mask", "weight_logits")
-    return ValorFeatures(**{key: gather_with_grad(features[key]) for key in keys})
-
-
 class ValorForRetrieval(ValorPreTrainedModel):
     """
     VALOR for text-to-video, text-to-audio and text-to-audiovisual retrieval (MGA only), like `CLIPModel`
     returns `logits_per_text`: score matrices for one modality group and, with `return_loss=True`, the
-    symmetric InfoNCE loss (features gathered across processes under torch.distributed).
+    symmetric InfoNCE loss over the batch. The forward never gathers across processes; distributed training
+    uses [`~transformers_valor.losses.MultimodalGroupingAlignmentLoss`] with `gather_distributed=True`.
     """
 
     _keys_to_ignore_on_load_unexpected = [r"pooler\.", r"^cls\."]
@@ -608,9 +588,8 @@ class ValorForRetrieval(ValorPreTrainedModel):
         pixel_values_videos: torch.FloatTensor | None = None,
         input_features: torch.FloatTensor | None = None,
         input_features_mask: torch.Tensor | None = None,
-        group: ModalityGroup = "tva",
+        group: GroupName = "tva",
         return_loss: bool = False,
-        gather_distributed: bool = True,
         return_dict: bool | None = None,
     ) -> ValorRetrievalOutput | tuple:
         """
@@ -619,12 +598,8 @@ class ValorForRetrieval(ValorPreTrainedModel):
         Args:
             group (`str`, defaults to `"tva"`): `tv`, `ta`, `tva`, `va`, `vta` or `atv`.
             return_loss (`bool`): also compute the MGA loss (paired samples on the diagonal).
-            gather_distributed (`bool`, defaults to `True`): under torch.distributed, score against the features
-                of every process (the global batch is the negative set).
         """
-        if group not in GROUP_SIDES:
-            raise ValueError(f"Unknown modality group {group!r}; choose one of {list(CONTRASTIVE_GROUPS)}.")
-        needed = set(GROUP_SIDES[group][0] + GROUP_SIDES[group][1])
+        needed = get_modality_group(group).modalities
         given = {"text": input_ids, "video": pixel_values_videos, "audio": input_features}
         missing = sorted(name for name in needed if given[name] is None)
         if missing:
@@ -632,21 +607,12 @@ class ValorForRetrieval(ValorPreTrainedModel):
             raise ValueError(
                 f"Modality group {group!r} needs {', '.join(names[m] for m in missing)}, which were not given."
             )
-        _check_batch_sizes(
-            input_ids=input_ids if "text" in needed else None,
-            pixel_values_videos=pixel_values_videos if "video" in needed else None,
-            input_features=input_features if "audio" in needed else None,
-        )
+        _check_batch_sizes(**{name: given[name] for name in needed})
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         valor = self.valor
         text = valor.get_text_features(input_ids, attention_mask) if "text" in needed else None
         video = valor.get_video_features(pixel_values_videos) if "video" in needed else None
         audio = valor.get_audio_features(input_features, input_features_mask) if "audio" in needed else None
-        if return_loss and gather_distributed and is_distributed():
-            text, video, audio = (
-                _gather_features(f, self.config.contrastive_type) if f is not None else None
-                for f in (text, video, audio)
-            )
         query, candidates = valor.group_features(group, text=text, video=video, audio=audio)
         scores = valor.similarity(query, candidates)
         logit_scale = valor.get_logit_scale()
@@ -662,27 +628,6 @@ class ValorForRetrieval(ValorPreTrainedModel):
             logit_scale=logit_scale,
         )
         return output if return_dict else output.to_tuple()
-
-
-def caption_loss(
-    logits: torch.Tensor, labels: torch.Tensor, objective: str, label_smoothing: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    MGC cross-entropy summed over the labelled positions, and their count.
-
-    `unimlm`: `labels[i]` is the target of position `i` (-100 elsewhere). `lm`: labels are the input ids and
-    position `i` predicts token `i + 1` (the shift happens here, as in `transformers` causal LMs).
-    """
-    if objective == "lm":
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    loss_sum = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(),
-        labels.reshape(-1),
-        ignore_index=-100,
-        reduction="sum",
-        label_smoothing=label_smoothing,
-    )
-    return loss_sum, (labels != -100).sum()
 
 
 class ValorWithMLMHeadPreTrainedModel(ValorPreTrainedModel):
@@ -828,10 +773,7 @@ class ValorForConditionalGeneration(ValorWithMLMHeadPreTrainedModel, GenerationM
                 raise ValueError(
                     f"`labels` shape {tuple(labels.shape)} differs from `input_ids` {tuple(input_ids.shape)}."
                 )
-            loss_sum, count = caption_loss(
-                logits, labels, self.config.caption_objective, self.config.label_smoothing
-            )
-            loss = loss_sum / count.clamp(min=1)
+            loss = CaptionLoss(self.config.caption_objective, self.config.label_smoothing)(logits, labels)
         output = ValorCaptioningOutput(
             loss=loss, logits=logits, cache=text_output.cache, hidden_states=text_output.hidden_states
         )
@@ -926,23 +868,12 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
 
     The text, video and audio encoders run once per batch; every group reuses their outputs. Groups whose
     modalities are absent from the batch (e.g. no `input_features` for a video-only dataset) are not trained
-    unless explicitly requested, in which case a ValueError names the missing input. Under torch.distributed,
-    MGA features are all-gathered with gradients, and the MGC loss is normalised by the global number of
-    labelled tokens, so the gradients equal a single-process run on the global batch.
-    """
+    unless explicitly requested, in which case a ValueError names the missing input.
 
-    @staticmethod
-    def _active_groups(requested, defaults, available: set[str], modalities_of, kind: str) -> list[str]:
-        if requested is None:
-            return [g for g in defaults if set(modalities_of(g)) <= available]
-        groups = list(requested)
-        for group in groups:
-            missing = set(modalities_of(group)) - available
-            if missing:
-                raise ValueError(
-                    f"{kind} group {group!r} needs {' and '.join(sorted(missing))} input, which is absent."
-                )
-        return groups
+    `forward` computes the losses of the local batch. Distributed training calls [`compute_losses`] with loss
+    objects that gather the MGA features across processes and normalise MGC by the global token count (see
+    `transformers_valor.losses`), so that the gradients equal a single-process run on the global batch.
+    """
 
     def forward(
         self,
@@ -957,7 +888,6 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
         prompt_attention_mask: torch.Tensor | None = None,
         contrastive_groups: list[str] | None = None,
         caption_groups: list[str] | None = None,
-        gather_distributed: bool = True,
         return_dict: bool | None = None,
     ) -> ValorPreTrainingOutput | tuple:
         r"""
@@ -972,6 +902,47 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
                 groups restricted to the modalities present.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output = self.compute_losses(
+            MultimodalGroupingAlignmentLoss(),
+            CaptionLoss(self.config.caption_objective, self.config.label_smoothing),
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values_videos=pixel_values_videos,
+            input_features=input_features,
+            input_features_mask=input_features_mask,
+            caption_input_ids=caption_input_ids,
+            labels=labels,
+            prompt_ids=prompt_ids,
+            prompt_attention_mask=prompt_attention_mask,
+            contrastive_groups=contrastive_groups,
+            caption_groups=caption_groups,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def compute_losses(
+        self,
+        mga_loss: MultimodalGroupingAlignmentLoss,
+        caption_loss: CaptionLoss,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        caption_input_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        prompt_ids: torch.LongTensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        contrastive_groups: list[str] | None = None,
+        caption_groups: list[str] | None = None,
+    ) -> ValorPreTrainingOutput:
+        """
+        The pretraining losses of one batch with the given loss objects (the inputs are those of `forward`).
+
+        Args:
+            mga_loss ([`~transformers_valor.losses.MultimodalGroupingAlignmentLoss`]): the MGA loss; with
+                `gather_distributed=True` the negatives are the global batch.
+            caption_loss ([`~transformers_valor.losses.CaptionLoss`]): the MGC loss.
+        """
         _check_batch_sizes(
             input_ids=input_ids,
             pixel_values_videos=pixel_values_videos,
@@ -979,88 +950,94 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
             labels=labels,
         )
         available = {"text"}
-        if pixel_values_videos is not None:
-            available.add("video")
-        if input_features is not None:
-            available.add("audio")
+        available |= {"video"} if pixel_values_videos is not None else set()
+        available |= {"audio"} if input_features is not None else set()
         if len(available) == 1:
             raise ValueError(
                 "Pretraining needs `pixel_values_videos` and/or `input_features` besides the text."
             )
-        for group in contrastive_groups or ():
-            if group not in GROUP_SIDES:
-                raise ValueError(
-                    f"Unknown contrastive group {group!r}; choose from {list(CONTRASTIVE_GROUPS)}."
-                )
-        for group in caption_groups or ():
-            if group not in CAPTION_GROUP_MODALITIES:
-                raise ValueError(f"Unknown caption group {group!r}; choose from {list(CAPTION_GROUPS)}.")
         mga_groups = self._active_groups(
-            contrastive_groups,
-            self.config.contrastive_groups,
-            available,
-            lambda g: GROUP_SIDES[g][0] + GROUP_SIDES[g][1],
-            "Contrastive",
+            contrastive_groups, self.config.contrastive_groups, available, "contrastive"
         )
         mgc_groups = []
         if labels is not None:
-            mgc_groups = self._active_groups(
-                caption_groups, self.config.caption_groups, available, CAPTION_GROUP_MODALITIES.get, "Caption"
-            )
+            mgc_groups = self._active_groups(caption_groups, self.config.caption_groups, available, "caption")
 
-        valor = self.valor
-        # Each encoder runs once; every group below reuses these outputs.
-        video_tokens = video = audio_tokens = audio = None
-        if "video" in available:
-            video_tokens, frame_feats = valor.encode_video(pixel_values_videos)
-            video = valor.video_features_from_frames(frame_feats)
-        if "audio" in available:
-            valor._check_audio(input_features, input_features_mask)
-            audio_tokens, clip_feats = valor.encode_audio(input_features)
-            audio = valor.audio_features_from_clips(clip_feats, input_features_mask)
-
+        tokens, features = self._encode_media(pixel_values_videos, input_features, input_features_mask)
+        logit_scale = self.valor.get_logit_scale()
         group_losses: dict[str, torch.Tensor] = {}
-        logit_scale = valor.get_logit_scale()
         if mga_groups:
-            text = valor.get_text_features(input_ids, attention_mask)
-            features = {"text": text, "video": video, "audio": audio}
-            if gather_distributed and is_distributed():
-                features = {
-                    k: _gather_features(v, self.config.contrastive_type) if v is not None else None
-                    for k, v in features.items()
-                }
-            for group in mga_groups:
-                query, candidates = valor.group_features(group, **features)
-                group_losses[f"mga_{group}"] = contrastive_loss(
-                    valor.similarity(query, candidates) * logit_scale
-                )
-
+            features["text"] = self.valor.get_text_features(input_ids, attention_mask)
+            group_losses.update(mga_loss(self.valor, features, mga_groups, logit_scale))
         if mgc_groups:
-            decoder_ids = caption_input_ids if caption_input_ids is not None else input_ids
-            video_states, audio_states = valor.decoder_inputs(video_tokens, audio_tokens)
-            states = {"video": video_states, "audio": audio_states}
-            labelled = (labels != -100).sum()
-            # Normalise by the global count so that DDP's gradient average equals the global-batch mean.
-            world = torch.distributed.get_world_size() if gather_distributed and is_distributed() else 1
-            global_labelled = all_reduce_sum(labelled) if world > 1 else labelled
-            for group in mgc_groups:
-                use = CAPTION_GROUP_MODALITIES[group]
-                hidden = valor.text_model(
-                    decoder_ids,
-                    attention_mask=attention_mask,
-                    prompt_ids=prompt_ids,
-                    prompt_attention_mask=prompt_attention_mask,
-                    video_states=states["video"] if "video" in use else None,
-                    audio_states=states["audio"] if "audio" in use else None,
-                    is_decoder=True,
-                    use_cache=False,
-                    return_dict=True,
-                ).last_hidden_state
-                loss_sum, _ = caption_loss(
-                    self.cls(hidden), labels, self.config.caption_objective, self.config.label_smoothing
-                )
-                group_losses[f"mgc_{group}"] = loss_sum * world / global_labelled.clamp(min=1)
+            decoder = {
+                "input_ids": caption_input_ids if caption_input_ids is not None else input_ids,
+                "attention_mask": attention_mask,
+                "prompt_ids": prompt_ids,
+                "prompt_attention_mask": prompt_attention_mask,
+            }
+            group_losses.update(self._caption_losses(caption_loss, mgc_groups, tokens, decoder, labels))
+        return self._combine(group_losses, logit_scale)
 
+    @staticmethod
+    def _active_groups(requested, defaults, available: set[str], kind: str) -> list[str]:
+        """The groups to train: `requested` (checked) or the config's `defaults` the batch's modalities allow."""
+
+        def needs(group: str) -> set[str]:
+            spec = get_modality_group(group, kind)
+            return set(spec.decoder_modalities if kind == "caption" else spec.modalities)
+
+        if requested is None:
+            return [group for group in defaults if needs(group) <= available]
+        groups = list(requested)
+        for group in groups:
+            missing = needs(group) - available
+            if missing:
+                raise ValueError(
+                    f"{kind.capitalize()} group {group!r} needs {' and '.join(sorted(missing))} input, which is "
+                    "absent."
+                )
+        return groups
+
+    def _encode_media(self, pixel_values_videos, input_features, input_features_mask):
+        """Run the video and audio encoders once: decoder-side tokens and MGA features per modality."""
+        valor = self.valor
+        tokens: dict[str, torch.Tensor | None] = {"video": None, "audio": None}
+        features: dict[str, ValorFeatures | None] = {"video": None, "audio": None}
+        if pixel_values_videos is not None:
+            tokens["video"], frame_feats = valor.encode_video(pixel_values_videos)
+            features["video"] = valor.video_features_from_frames(frame_feats)
+        if input_features is not None:
+            valor._check_audio(input_features, input_features_mask)
+            tokens["audio"], clip_feats = valor.encode_audio(input_features)
+            features["audio"] = valor.audio_features_from_clips(clip_feats, input_features_mask)
+        return tokens, features
+
+    def _caption_losses(self, caption_loss, groups, tokens, decoder: dict, labels) -> dict[str, torch.Tensor]:
+        """The MGC loss of every caption group, decoding the same caption against each group's modalities."""
+        video_states, audio_states = self.valor.decoder_inputs(tokens["video"], tokens["audio"])
+        states = {"video": video_states, "audio": audio_states}
+        losses = {}
+        for group in groups:
+            use = get_modality_group(group, "caption").decoder_modalities
+            hidden = self.valor.text_model(
+                decoder["input_ids"],
+                attention_mask=decoder["attention_mask"],
+                prompt_ids=decoder["prompt_ids"],
+                prompt_attention_mask=decoder["prompt_attention_mask"],
+                video_states=states["video"] if "video" in use else None,
+                audio_states=states["audio"] if "audio" in use else None,
+                is_decoder=True,
+                use_cache=False,
+                return_dict=True,
+            ).last_hidden_state
+            losses[f"mgc_{group}"] = caption_loss(self.cls(hidden), labels)
+        return losses
+
+    def _combine(
+        self, group_losses: dict[str, torch.Tensor], logit_scale: torch.Tensor
+    ) -> ValorPreTrainingOutput:
+        """`alpha * mean(MGA) + mean(MGC)` with the per-component losses."""
         mga = [v for k, v in group_losses.items() if k.startswith("mga_")]
         mgc = [v for k, v in group_losses.items() if k.startswith("mgc_")]
         contrastive = torch.stack(mga).mean() if mga else None
@@ -1072,11 +1049,10 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
             total = total + self.config.contrastive_loss_weight * contrastive
         if captioning is not None:
             total = total + captioning
-        output = ValorPreTrainingOutput(
+        return ValorPreTrainingOutput(
             loss=total,
             contrastive_loss=contrastive,
             caption_loss=captioning,
             group_losses=group_losses,
             logit_scale=logit_scale,
         )
-        return output if return_dict else output.to_tuple()

@@ -25,6 +25,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_valor import ValorTextConfig
+from .modeling_attention import eager_attention_forward
 
 # Which cross-attention modules a layout builds, and in which order the decoder applies them.
 _CROSS_ATTENTION_MODULES = {
@@ -54,26 +55,6 @@ class ValorTextModelOutput(ModelOutput):
     cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain softmax attention; `attention_mask` is additive. Returns `(B, L, heads, d)` and the weights."""
-    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, heads, Lq, Lk)
-    if attention_mask is not None:
-        attn_weights = attn_weights + attention_mask
-    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, Lq, heads, d)
-    return attn_output, attn_weights
 
 
 def build_self_attention_mask(
@@ -344,6 +325,15 @@ class ValorTextPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
 
+def _check_text_inputs(input_ids, inputs_embeds, prompt_ids) -> None:
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+    if prompt_ids is not None and prompt_ids.dim() != 2:
+        raise ValueError(
+            f"`prompt_ids` must have shape (batch, prompt_length), got {tuple(prompt_ids.shape)}."
+        )
+
+
 class ValorTextModel(ValorTextPreTrainedModel):
     """
     The shared VALOR text transformer: bidirectional text encoder (`is_decoder=False`) or causal multimodal
@@ -423,30 +413,66 @@ class ValorTextModel(ValorTextPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
-        if prompt_ids is not None and prompt_ids.dim() != 2:
-            raise ValueError(
-                f"`prompt_ids` must have shape (batch, prompt_length), got {tuple(prompt_ids.shape)}."
-            )
+        _check_text_inputs(input_ids, inputs_embeds, prompt_ids)
+        cache = self._prepare_cache(cache, use_cache, is_decoder)
+        reference = input_ids if input_ids is not None else inputs_embeds
+        text_length = reference.shape[1]
+        if prompt_ids is not None and prompt_attention_mask is None:
+            prompt_attention_mask = torch.ones_like(prompt_ids)
+        key_padding, num_prompt, past_text = self._key_padding(
+            reference, attention_mask, prompt_ids, prompt_attention_mask, cache
+        )
+
+        position_ids = torch.arange(past_text, past_text + text_length, device=reference.device)[None]
+        hidden_states = self.embeddings(input_ids, position_ids, token_type_ids, inputs_embeds)
+        if prompt_ids is not None:
+            prompt_states = self.embeddings(prompt_ids, is_prompt=True)
+            hidden_states = torch.cat([prompt_states, hidden_states], dim=1)  # (B, P + L, H)
+        num_queries = hidden_states.shape[1]
+        mask = build_self_attention_mask(
+            key_padding, num_prompt, key_padding.shape[1] - num_queries, is_decoder
+        )
+        mask = _mask_for_implementation(mask, self.config._attn_implementation, hidden_states.dtype)
+
+        all_hidden = (hidden_states[:, -text_length:],) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.encoder.layer:
+            hidden_states, attn_weights = layer(hidden_states, mask, video_states, audio_states, cache)
+            if output_hidden_states:
+                all_hidden += (hidden_states[:, -text_length:],)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+
+        output = ValorTextModelOutput(
+            last_hidden_state=hidden_states[:, -text_length:],
+            cache=cache,
+            hidden_states=all_hidden,
+            attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _prepare_cache(self, cache: Cache | None, use_cache: bool | None, is_decoder: bool):
+        """The `EncoderDecoderCache` to fill (decoder mode with caching on), or `None`."""
         use_cache = bool(use_cache if use_cache is not None else self.config.use_cache) and is_decoder
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             use_cache = False
         if not use_cache:
-            cache = None
-        elif cache is None:
-            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        elif isinstance(cache, DynamicCache):
-            cache = EncoderDecoderCache(cache, DynamicCache())
+            return None
+        if cache is None:
+            return EncoderDecoderCache(DynamicCache(), DynamicCache())
+        if isinstance(cache, DynamicCache):
+            return EncoderDecoderCache(cache, DynamicCache())
+        return cache
 
-        reference = input_ids if input_ids is not None else inputs_embeds
+    @staticmethod
+    def _key_padding(reference, attention_mask, prompt_ids, prompt_attention_mask, cache):
+        """
+        The key padding mask `[prompt ; cached text ; new text]`, the prompt length and the cached text length.
+
+        The prompt is part of the keys whenever a prompt mask is given; it is embedded only when its ids are.
+        """
         batch_size, text_length = reference.shape[:2]
-        device = reference.device
         past_length = cache.get_seq_length() if cache is not None else 0
-
-        # The prompt is part of the keys whenever a prompt mask is given; it is embedded only when its ids are.
-        if prompt_ids is not None and prompt_attention_mask is None:
-            prompt_attention_mask = torch.ones_like(prompt_ids)
         num_prompt = prompt_attention_mask.shape[1] if prompt_attention_mask is not None else 0
         if prompt_ids is not None and past_length > 0:
             raise ValueError(
@@ -458,7 +484,9 @@ class ValorTextModel(ValorTextPreTrainedModel):
 
         text_mask = attention_mask
         if text_mask is None:
-            text_mask = torch.ones(batch_size, past_text + text_length, dtype=torch.long, device=device)
+            text_mask = torch.ones(
+                batch_size, past_text + text_length, dtype=torch.long, device=reference.device
+            )
         elif text_mask.shape[1] == text_length and past_text > 0:
             text_mask = torch.cat([text_mask.new_ones(batch_size, past_text), text_mask], dim=1)
         if text_mask.shape[1] != past_text + text_length:
@@ -466,38 +494,9 @@ class ValorTextModel(ValorTextPreTrainedModel):
                 f"`attention_mask` covers {text_mask.shape[1]} tokens, but there are {past_text} cached and "
                 f"{text_length} new text tokens."
             )
-
-        position_ids = torch.arange(past_text, past_text + text_length, device=device)[None]
-        hidden_states = self.embeddings(input_ids, position_ids, token_type_ids, inputs_embeds)
-        if prompt_ids is not None:
-            prompt_states = self.embeddings(prompt_ids, is_prompt=True)
-            hidden_states = torch.cat([prompt_states, hidden_states], dim=1)  # (B, P + L, H)
-        key_padding = (
-            text_mask if num_prompt == 0 else torch.cat([prompt_attention_mask.to(text_mask), text_mask], 1)
-        )
-        num_queries = hidden_states.shape[1]
-        mask = build_self_attention_mask(
-            key_padding, num_prompt, key_padding.shape[1] - num_queries, is_decoder
-        )
-        mask = _mask_for_implementation(mask, self.config._attn_implementation, hidden_states.dtype)
-
-        num_text_out = text_length
-        all_hidden = (hidden_states[:, -num_text_out:],) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for layer in self.encoder.layer:
-            hidden_states, attn_weights = layer(hidden_states, mask, video_states, audio_states, cache)
-            if output_hidden_states:
-                all_hidden += (hidden_states[:, -num_text_out:],)
-            if output_attentions:
-                all_attentions += (attn_weights,)
-
-        output = ValorTextModelOutput(
-            last_hidden_state=hidden_states[:, -num_text_out:],
-            cache=cache if use_cache else None,
-            hidden_states=all_hidden,
-            attentions=all_attentions,
-        )
-        return output if return_dict else output.to_tuple()
+        if num_prompt:
+            text_mask = torch.cat([prompt_attention_mask.to(text_mask), text_mask], 1)
+        return text_mask, num_prompt, past_text
 
 
 class ValorTextPredictionHeadTransform(nn.Module):

@@ -19,6 +19,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_valor import ValorVideoSwinConfig
+from .modeling_attention import eager_attention_forward
 
 __all__ = ["ValorVideoSwinModel", "ValorVideoSwinModelOutput", "ValorVideoSwinPreTrainedModel"]
 
@@ -235,38 +236,6 @@ class ValorVideoSwinPatchEmbeddings(nn.Module):
         return self.norm(embeddings)
 
 
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Plain attention with an additive float mask (the `"eager"` implementation).
-
-    Args:
-        module: the calling attention module (for its training flag).
-        query, key, value: `(batch, heads, tokens, head_dim)`.
-        attention_mask: additive mask broadcastable to `(batch, heads, tokens, tokens)`, or `None`.
-        scaling: factor applied to the scores.
-        dropout: dropout probability on the attention weights.
-
-    Returns:
-        The context `(batch, tokens, heads, head_dim)` and the weights `(batch, heads, tokens, tokens)`.
-    """
-    scores = torch.matmul(query * scaling, key.transpose(-1, -2))  # (B, heads, N, N)
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=module.training)
-    context = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, N, heads, hd)
-    return context, weights
-
-
 class ValorVideoSwinWindowAttention(nn.Module):
     """
     Multi-head self-attention inside 3D windows with a learned relative position bias.
@@ -352,6 +321,7 @@ class ValorVideoSwinWindowAttention(nn.Module):
             bias,
             scaling=self.scale,
             dropout=self.attention_dropout if self.training else 0.0,
+            scale_query=True,
         )  # (B * rows, N, G, hd)
         context = context.reshape(
             batch, rows, tokens, windows_per_row, self.num_heads, self.head_dim

@@ -18,6 +18,16 @@ from .video_processing_valor import VIDEO_CALL_KWARGS, VideoSample
 _AUDIO_CALL_KWARGS = ("sampling_rate", "num_clips")
 
 
+def _split_media_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The call's keyword arguments for the video processor and for the feature extractor."""
+    unknown = set(kwargs) - set(VIDEO_CALL_KWARGS) - set(_AUDIO_CALL_KWARGS)
+    if unknown:
+        raise TypeError(f"Unexpected keyword arguments for ValorProcessor: {sorted(unknown)}")
+    video_kwargs = {k: v for k, v in kwargs.items() if k in VIDEO_CALL_KWARGS}
+    audio_kwargs = {k: v for k, v in kwargs.items() if k in _AUDIO_CALL_KWARGS}
+    return video_kwargs, audio_kwargs
+
+
 class ValorProcessor(ProcessorMixin):
     r"""
     Wraps a BERT WordPiece tokenizer, a [`ValorVideoProcessor`] and a [`ValorFeatureExtractor`] into one
@@ -138,11 +148,7 @@ class ValorProcessor(ProcessorMixin):
         """
         if text is None and videos is None and audios is None and prompts is None:
             raise ValueError("Give at least one of `text`, `videos`, `audios` or `prompts`.")
-        unknown = set(kwargs) - set(VIDEO_CALL_KWARGS) - set(_AUDIO_CALL_KWARGS)
-        if unknown:
-            raise TypeError(f"Unexpected keyword arguments for ValorProcessor: {sorted(unknown)}")
-        video_kwargs = {k: v for k, v in kwargs.items() if k in VIDEO_CALL_KWARGS}
-        audio_kwargs = {k: v for k, v in kwargs.items() if k in _AUDIO_CALL_KWARGS}
+        video_kwargs, audio_kwargs = _split_media_kwargs(kwargs)
         sampling = sampling or ("random" if training else "middle")
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
@@ -158,33 +164,44 @@ class ValorProcessor(ProcessorMixin):
 
         video_list = None
         if videos is not None:
-            single = isinstance(videos, (str, os.PathLike)) or (
-                isinstance(videos, (np.ndarray, torch.Tensor)) and videos.ndim == 4
+            video_list = self._as_video_list(videos)
+            data.update(
+                self.video_processor(
+                    video_list,
+                    sampling=sampling,
+                    generator=generator,
+                    return_tensors=return_tensors,
+                    **video_kwargs,
+                )
             )
-            video_list = [videos] if single else list(videos)
-            video_out = self.video_processor(
-                video_list,
-                sampling=sampling,
-                generator=generator,
-                return_tensors=return_tensors,
-                **video_kwargs,
-            )
-            data.update(video_out)
-
         if audios is None and video_list is not None and audio_from_video:
             from_paths = [v if isinstance(v, (str, os.PathLike)) else None for v in video_list]
             audios = from_paths if any(a is not None for a in from_paths) else None
         if audios is not None:
-            audio_out = self.feature_extractor(
-                audios, sampling=sampling, generator=generator, return_tensors=return_tensors, **audio_kwargs
+            data.update(
+                self._audio_features(audios, video_list, sampling, generator, return_tensors, audio_kwargs)
             )
-            if video_list is not None and audio_out["input_features"].shape[0] != len(video_list):
-                raise ValueError(
-                    f"Got {len(video_list)} videos but {audio_out['input_features'].shape[0]} audios; give one audio "
-                    "(or `None`) per video."
-                )
-            data.update(audio_out)
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _as_video_list(videos) -> list:
+        """One video (a path or a `(frames, H, W, 3)` array) or a list of them, as a list."""
+        single = isinstance(videos, (str, os.PathLike)) or (
+            isinstance(videos, (np.ndarray, torch.Tensor)) and videos.ndim == 4
+        )
+        return [videos] if single else list(videos)
+
+    def _audio_features(self, audios, video_list, sampling, generator, return_tensors, audio_kwargs) -> dict:
+        """The feature extractor's output, checked to hold one audio per video when videos were given."""
+        audio_out = self.feature_extractor(
+            audios, sampling=sampling, generator=generator, return_tensors=return_tensors, **audio_kwargs
+        )
+        if video_list is not None and audio_out["input_features"].shape[0] != len(video_list):
+            raise ValueError(
+                f"Got {len(video_list)} videos but {audio_out['input_features'].shape[0]} audios; give one audio "
+                "(or `None`) per video."
+            )
+        return audio_out
 
     def batch_decode(self, sequences, skip_special_tokens: bool = True, **kwargs) -> list[str]:
         """Decode generated token ids (`(batch, length)`) to text, dropping `[CLS]`, `[SEP]`, `[MASK]`, `[PAD]`."""

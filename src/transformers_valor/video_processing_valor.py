@@ -220,6 +220,24 @@ class ValorVideoProcessor(VideoProcessorMixin):
             return torch.addcmul((-mean / std).view(3, 1, 1), frames, (scale / std).view(3, 1, 1))
         return frames * scale if do_rescale else frames
 
+    def _call_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's settings: keyword arguments over the instance's, checked, with a generator and tensors."""
+        unknown = set(kwargs) - set(VIDEO_CALL_KWARGS)
+        if unknown:
+            raise TypeError(f"Unexpected keyword arguments for ValorVideoProcessor: {sorted(unknown)}")
+        opts = {name: kwargs.get(name) for name in VIDEO_CALL_KWARGS}
+        for name in VIDEO_CALL_KWARGS:
+            if opts[name] is None and hasattr(self, name):
+                opts[name] = getattr(self, name)
+        opts["sampling"] = self._check_choice("sampling", opts["sampling"], ("middle", "random"))
+        opts["video_backend"] = self._check_choice("video_backend", opts["video_backend"], VIDEO_BACKENDS)
+        opts["size"] = self._check_size(opts["size"])
+        if opts["generator"] is None and opts["seed"] is not None:
+            opts["generator"] = torch.Generator().manual_seed(opts["seed"])
+        opts["image_mean"] = torch.tensor(opts["image_mean"], dtype=torch.float32)
+        opts["image_std"] = torch.tensor(opts["image_std"], dtype=torch.float32)
+        return opts
+
     def preprocess(self, videos: VideoSample | list[VideoSample], **kwargs) -> BatchFeature:
         """Decode, sample, resize and normalise one video or a batch.
 
@@ -240,21 +258,9 @@ class ValorVideoProcessor(VideoProcessorMixin):
             MediaBatchError (`ValueError`): a video could not be decoded or is empty (index, path and backend).
         """
         return_tensors = kwargs.pop("return_tensors", "pt")
-        unknown = set(kwargs) - set(VIDEO_CALL_KWARGS)
-        if unknown:
-            raise TypeError(f"Unexpected keyword arguments for ValorVideoProcessor: {sorted(unknown)}")
-        opts = {name: kwargs.get(name) for name in VIDEO_CALL_KWARGS}
-        for name in VIDEO_CALL_KWARGS:
-            if opts[name] is None and hasattr(self, name):
-                opts[name] = getattr(self, name)
-        sampling = self._check_choice("sampling", opts["sampling"], ("middle", "random"))
-        backend = self._check_choice("video_backend", opts["video_backend"], VIDEO_BACKENDS)
-        size = self._check_size(opts["size"])
-        generator = opts["generator"]
-        if generator is None and opts["seed"] is not None:
-            generator = torch.Generator().manual_seed(opts["seed"])
-        mean = torch.tensor(opts["image_mean"], dtype=torch.float32)
-        std = torch.tensor(opts["image_std"], dtype=torch.float32)
+        opts = self._call_options(kwargs)
+        sampling, backend, generator = opts["sampling"], opts["video_backend"], opts["generator"]
+        size, mean, std = opts["size"], opts["image_mean"], opts["image_std"]
 
         is_single = isinstance(videos, (str, os.PathLike)) or (
             isinstance(videos, (np.ndarray, torch.Tensor)) and videos.ndim == 4

@@ -9,23 +9,16 @@ from typing import Any, Literal
 import torch
 from transformers import Pipeline
 
-from ..modeling_valor import ValorFeatures, ValorModel
+from ..configuration_valor import ModalityGroup, get_modality_group
+from ..modeling_valor import ValorFeatures, ValorModel, concat_feature_batches
 from .base import check_positive_int, check_video_path, media_inputs
 
 RetrievalGroup = Literal["tv", "ta", "tva"]
-# What each text-to-X group compares the text with.
-RETRIEVAL_GROUPS: dict[str, tuple[str, ...]] = {
-    "tv": ("video",),
-    "ta": ("audio",),
-    "tva": ("video", "audio"),
-}
 
 
-def check_group(group: str) -> str:
-    """Return `group` if it is `"tv"`, `"ta"` or `"tva"`, else raise a `ValueError` naming them."""
-    if group not in RETRIEVAL_GROUPS:
-        raise ValueError(f"`group` must be one of {list(RETRIEVAL_GROUPS)}, got {group!r}.")
-    return group
+def check_group(group: str) -> ModalityGroup:
+    """The text-query group called `group` (`"tv"`, `"ta"` or `"tva"`); a `ValueError` names them otherwise."""
+    return get_modality_group(group, "retrieval")
 
 
 def _mga_only(features: ValorFeatures) -> ValorFeatures:
@@ -35,17 +28,6 @@ def _mga_only(features: ValorFeatures) -> ValorFeatures:
         mask=features.mask.cpu(),
         weight_logits=None if features.weight_logits is None else features.weight_logits.cpu(),
         pooled_embeds=features.pooled_embeds.cpu(),
-    )
-
-
-def _concat_batches(chunks: list[ValorFeatures]) -> ValorFeatures:
-    """Stack per-chunk features along the batch axis."""
-    fields = ("embeds", "mask", "weight_logits", "pooled_embeds")
-    return ValorFeatures(
-        **{
-            name: None if getattr(chunks[0], name) is None else torch.cat([getattr(c, name) for c in chunks])
-            for name in fields
-        }
     )
 
 
@@ -77,7 +59,7 @@ class VideoGallery:
     def check_group(self, group: RetrievalGroup) -> None:
         """Raise a `ValueError` when the gallery lacks a modality that `group` compares with."""
         present = {"video": self.video_features is not None, "audio": self.audio_features is not None}
-        missing = [m for m in RETRIEVAL_GROUPS[check_group(group)] if not present[m]]
+        missing = [m for m in check_group(group).candidates if not present[m]]
         if missing:
             raise ValueError(
                 f"Group {group!r} needs {' and '.join(missing)} features, which this gallery was not encoded with; "
@@ -182,7 +164,7 @@ class AudioVisualRetrievalPipeline(Pipeline):
             self._default_videos = None
         forward_params: dict[str, Any] = {}
         if group is not None:
-            forward_params["group"] = check_group(group)
+            forward_params["group"] = check_group(group).name
         if num_frames is not None:
             forward_params["num_frames"] = check_positive_int("num_frames", num_frames)
         if num_clips is not None:
@@ -218,19 +200,19 @@ class AudioVisualRetrievalPipeline(Pipeline):
         Returns:
             A [`VideoGallery`] holding the MGA features on the CPU.
         """
-        modalities = RETRIEVAL_GROUPS[check_group(group)]
+        spec = check_group(group)
+        modalities = spec.candidates
         check_positive_int("video_batch_size", video_batch_size)
         paths = [check_video_path(v) for v in videos]
         if not paths:
             raise ValueError("`videos` is empty: give at least one video to encode.")
-        processor_modalities = "both" if len(modalities) == 2 else modalities[0]
         video_chunks: list[ValorFeatures] = []
         audio_chunks: list[ValorFeatures] = []
         with self.device_placement(), torch.no_grad():
             for start in range(0, len(paths), video_batch_size):
                 chunk = paths[start : start + video_batch_size]
                 inputs = media_inputs(
-                    self.processor, chunk, processor_modalities, num_frames, num_clips, processor_kwargs
+                    self.processor, chunk, spec.media, num_frames, num_clips, processor_kwargs
                 )
                 inputs = self._ensure_tensor_on_device(dict(inputs), device=self.device)
                 if "video" in modalities:
@@ -244,8 +226,8 @@ class AudioVisualRetrievalPipeline(Pipeline):
                     audio_chunks.append(_mga_only(features))
         return VideoGallery(
             videos=paths,
-            video_features=_concat_batches(video_chunks) if video_chunks else None,
-            audio_features=_concat_batches(audio_chunks) if audio_chunks else None,
+            video_features=concat_feature_batches(video_chunks) if video_chunks else None,
+            audio_features=concat_feature_batches(audio_chunks) if audio_chunks else None,
         )
 
     def preprocess(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -279,7 +261,7 @@ class AudioVisualRetrievalPipeline(Pipeline):
                 gallery, group, num_frames, num_clips, video_batch_size, processor_kwargs
             )
         text = self.valor.get_text_features(model_inputs["input_ids"], model_inputs["attention_mask"])
-        needed = RETRIEVAL_GROUPS[group]
+        needed = check_group(group).candidates
         query, candidates = self.valor.group_features(
             group,
             text=text,
