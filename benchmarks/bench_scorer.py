@@ -23,7 +23,7 @@ def _measure(num: int, mode: str) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from transformers_valor.losses import fine_grained_similarity
+    from transformers_valor.losses import DEFAULT_MAX_BLOCK_ELEMENTS, fine_grained_similarity
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     generator = torch.Generator().manual_seed(0)
@@ -37,7 +37,7 @@ def _measure(num: int, mode: str) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    block = None if mode == "naive" else 2**26
+    block = None if mode == "naive" else DEFAULT_MAX_BLOCK_ELEMENTS
     start = time.perf_counter()
     with torch.no_grad():
         scores = fine_grained_similarity(text, text_mask, weights_t, media, media_mask, weights_v, block)

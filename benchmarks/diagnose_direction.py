@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 from transformers_valor import ValorModel, ValorProcessor
 from transformers_valor.data.masking import CaptionMaskingConfig, mask_captions
 from transformers_valor.training import build_model, build_optimizer, build_scheduler, load_config
+from transformers_valor.training.evaluation import encode_texts, retrieval_metrics
 
 NUM_FIT = 1800
 
@@ -111,6 +112,14 @@ def probe_model(args: argparse.Namespace, rows: list[dict], cache: dict[str, tor
         print(attribute, "  ".join(f"{name}: {acc:.3f}" for name, acc in results.items()))
 
 
+def batch_captions(rows: list[dict], batch: list[int], visual_only: bool, generator) -> list[str]:
+    """One caption per clip: a random paraphrase, or the visual attributes alone (`--visual_captions`)."""
+    if visual_only:
+        return [f"a {rows[i]['color']} {rows[i]['shape']} moves {rows[i]['direction']}" for i in batch]
+    picks = [int(torch.randint(len(rows[i]["captions"]), (1,), generator=generator)) for i in batch]
+    return [rows[i]["captions"][c] for i, c in zip(batch, picks)]
+
+
 def train_and_probe(args: argparse.Namespace, rows: list[dict], cache: dict[str, torch.Tensor]) -> None:
     """Train from scratch on the cache with the chosen objectives and probe the direction as it goes."""
     torch.manual_seed(0)
@@ -138,16 +147,11 @@ def train_and_probe(args: argparse.Namespace, rows: list[dict], cache: dict[str,
         model.eval()
         _, means = encode(model.valor, frames[: len(rows)])
         with torch.no_grad():
-            text = processor(
-                text=[row["caption"] for row in rows[NUM_FIT:]], padding="max_length", return_tensors="pt"
-            )
-            query, candidates = model.valor.group_features(
-                "tv",
-                text=model.valor.get_text_features(text["input_ids"], text["attention_mask"]),
-                video=model.valor.video_features_from_frames(means[NUM_FIT:]),
-            )
-            scores = model.valor.similarity(query, candidates)
-        recall = (scores.argmax(1) == torch.arange(len(scores))).float().mean().item()
+            features = {
+                "text": encode_texts(model.valor, processor, [row["caption"] for row in rows[NUM_FIT:]]),
+                "video": model.valor.video_features_from_frames(means[NUM_FIT:]),
+            }
+        recall = retrieval_metrics(model.valor, features, groups=("tv",))["tv"]["t2v_R@1"] / 100
         probe = linear_probe(means.mean(1), directions, NUM_FIT)
         print(
             f"step {step}: direction probe {probe:.3f}, text->video R@1 {recall:.3f}, {time.time() - start:.0f} s"
@@ -160,15 +164,7 @@ def train_and_probe(args: argparse.Namespace, rows: list[dict], cache: dict[str,
         order = torch.randperm(NUM_FIT, generator=generator)
         for begin in range(0, NUM_FIT - args.batch_size + 1, args.batch_size):
             batch = order[begin : begin + args.batch_size].tolist()
-            if args.visual_captions:
-                captions = [
-                    f"a {rows[i]['color']} {rows[i]['shape']} moves {rows[i]['direction']}" for i in batch
-                ]
-            else:
-                picks = [
-                    int(torch.randint(len(rows[i]["captions"]), (1,), generator=generator)) for i in batch
-                ]
-                captions = [rows[i]["captions"][c] for i, c in zip(batch, picks)]
+            captions = batch_captions(rows, batch, args.visual_captions, generator)
             text = processor(text=captions, padding="max_length", return_tensors="pt")
             caption_ids, labels = mask_captions(text["input_ids"], masking, generator)
             loss = 0.0

@@ -105,57 +105,69 @@ def launch_training(args: argparse.Namespace, processor_dir: Path, corpus: Path,
     subprocess.run(command, check=True, env=env, cwd=REPO)
 
 
-def evaluate(model_dir: Path, corpus: Path, num_beams: int) -> dict:
-    """Retrieval and captioning on the test split; returns the table's numbers and the predictions."""
+def evaluate(model_dir: Path, corpus: Path, num_beams: int, cache_dir: Path) -> dict:
+    """Retrieval and captioning on the test split (decoded once, cached in `cache_dir`); returns the table's
+    numbers, the predictions and the metadata rows of the evaluated clips."""
     from transformers_valor import ValorForConditionalGeneration, ValorModel, ValorProcessor
-    from transformers_valor.data.synthetic import load_metadata
-    from transformers_valor.evaluation import (
-        decode_media,
-        encode_retrieval_set,
+    from transformers_valor.configuration_valor import CAPTION_GROUPS, RETRIEVAL_GROUPS
+    from transformers_valor.data.datasets import DatasetConfig
+    from transformers_valor.data.synthetic import attribute_accuracy, load_metadata
+    from transformers_valor.training.evaluation import (
+        decode_evaluation_set,
         evaluate_captioning,
         evaluate_retrieval,
     )
 
     processor = ValorProcessor.from_pretrained(model_dir)
-    rows = load_metadata(corpus / "test")
-    paths = [str(corpus / "test" / row["file_name"]) for row in rows]
-    media = decode_media(processor, paths, num_workers=2)
+    test_split = DatasetConfig(
+        name="demo_test",
+        path=str(corpus),
+        split="test",
+        num_frames=processor.video_processor.num_frames,
+        num_clips=processor.feature_extractor.num_clips,
+    )
+    eval_set = decode_evaluation_set(test_split, processor, cache_dir, num_workers=2)
+    rows_by_id = {row["id"]: row for row in load_metadata(corpus / "test")}
+    rows = [rows_by_id[sample_id] for sample_id in eval_set.sample_ids]
 
-    retrieval_model = ValorModel.from_pretrained(model_dir).eval()
-    features = encode_retrieval_set(retrieval_model, processor, [row["caption"] for row in rows], media)
-    retrieval = evaluate_retrieval(retrieval_model, features, ("tv", "ta", "tva"))
+    # One query per clip: the caption it was rendered with.
+    retrieval_model = ValorModel.from_pretrained(model_dir)
+    queries = [[row["caption"]] for row in rows]
+    retrieval = evaluate_retrieval(retrieval_model, processor, eval_set, RETRIEVAL_GROUPS, queries=queries)
 
-    captioner = ValorForConditionalGeneration.from_pretrained(model_dir).eval()
-    captioning, predictions = {}, {}
-    for modalities in ("video", "audio", "both"):
-        captioning[modalities], predictions[modalities] = evaluate_captioning(
-            captioner,
-            processor,
-            media,
-            [row["captions"] for row in rows],
-            modalities=modalities,
-            rows=rows,
-            num_beams=num_beams,
-        )
+    captioner = ValorForConditionalGeneration.from_pretrained(model_dir)
+    captioning, predictions = evaluate_captioning(
+        captioner,
+        processor,
+        eval_set,
+        CAPTION_GROUPS,
+        metrics=("BLEU", "CIDEr"),
+        num_beams=num_beams,
+        max_new_tokens=30,
+    )
+    for group, captions in predictions.items():
+        accuracy = attribute_accuracy(list(captions.values()), rows)
+        captioning[group].update({f"attr_{name}": value for name, value in accuracy.items()})
     return {"retrieval": retrieval, "captioning": captioning, "predictions": predictions, "rows": rows}
 
 
 def format_table(results: dict) -> str:
     """One plain-text table with the retrieval and captioning numbers."""
+    from transformers_valor.configuration_valor import CAPTION_GROUPS, MODALITY_GROUPS, RETRIEVAL_GROUPS
+
     lines = ["retrieval (200 test clips)   R@1     R@5     R@10    MedR"]
-    names = {"tv": "text -> video", "ta": "text -> audio", "tva": "text -> audio+video"}
-    for group in ("tv", "ta", "tva"):
-        m = results["retrieval"][group]
-        lines.append(
-            f"  {names[group]:<26} {m['R@1'] / 100:.3f}   {m['R@5'] / 100:.3f}   {m['R@10'] / 100:.3f}   "
-            f"{m['median_rank']:.1f}"
-        )
+    for group in RETRIEVAL_GROUPS:
+        spec, m = MODALITY_GROUPS[group], results["retrieval"][group]
+        text_to_x = spec.metric_names[0]
+        recalls = "   ".join(f"{m[f'{text_to_x}_R@{k}'] / 100:.3f}" for k in (1, 5, 10))
+        lines.append(f"  {spec.label:<26} {recalls}   {m[f'{text_to_x}_median_rank']:.1f}")
     lines.append("captioning                   BLEU-4  CIDEr   colour  shape   direct. sound   all four")
-    for modalities, label in (("video", "video only"), ("audio", "audio only"), ("both", "video + audio")):
-        m = results["captioning"][modalities]
+    labels = {"tv": "video only", "ta": "audio only", "tva": "video + audio"}
+    for group in CAPTION_GROUPS:
+        m = results["captioning"][group]
         lines.append(
-            f"  {label:<26} {m['BLEU-4']:.3f}   {m['CIDEr']:.3f}   {m['attr_color']:.3f}   {m['attr_shape']:.3f}   "
-            f"{m['attr_direction']:.3f}   {m['attr_sound']:.3f}   {m['attr_all']:.3f}"
+            f"  {labels[group]:<26} {m['BLEU-4']:.3f}   {m['CIDEr']:.3f}   {m['attr_color']:.3f}   "
+            f"{m['attr_shape']:.3f}   {m['attr_direction']:.3f}   {m['attr_sound']:.3f}   {m['attr_all']:.3f}"
         )
     return "\n".join(lines)
 
@@ -202,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.perf_counter()
     model_dir = run_dir / "final"
-    results = evaluate(model_dir, corpus, args.num_beams)
+    results = evaluate(model_dir, corpus, args.num_beams, run_dir / "eval_cache")
     timings["evaluation"] = time.perf_counter() - t0
 
     print("\n" + format_table(results))

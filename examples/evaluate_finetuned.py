@@ -8,7 +8,7 @@ Retrieval prints R@1/5/10, median and mean rank in both directions per group; ca
 (METEOR with Java); QA accuracy. See docs/tasks/.
 """
 
-from transformers_valor.run_tasks import run_evaluation
+from transformers_valor.training.cli import run_evaluation
 
 if __name__ == "__main__":
     run_evaluation()

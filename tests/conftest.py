@@ -42,3 +42,139 @@ def tiny_processor_dir(tiny_corpus, tmp_path_factory):
     )
     processor.save_pretrained(root)
     return root
+
+
+# ------------------------------------------------------------------------------------------------ training runs
+# Trained once per session and read by several test files (tests/test_training_*.py): training dominates the
+# suite's cost, so every assertion that only needs a finished run reads one of these.
+
+
+@pytest.fixture(scope="session")
+def pretraining_run(tiny_corpus, tiny_processor_dir, tmp_path_factory):
+    """20 pretraining steps on the tiny corpus, decoding every batch (random frames, clips, captions and masks),
+    with the TensorBoard tracker and a checkpoint at step 15. Returns `(TrainResult, config values)`."""
+    from training_helpers import reset_accelerate, tiny_run
+    from transformers_valor.training import config_from_dict, train
+
+    values = tiny_run(
+        tiny_corpus,
+        tiny_processor_dir,
+        tmp_path_factory.mktemp("pretraining_run"),
+        optimizer={"learning_rate": 3e-3},
+        training={"report_to": ["tensorboard"], "checkpoint_every": 15},
+    )
+    result = train(config_from_dict(values))
+    reset_accelerate()
+    return result, values
+
+
+@pytest.fixture(scope="session")
+def retrieval_run(tiny_corpus, tiny_processor_dir, tmp_path_factory):
+    """`examples/finetune_retrieval.py --config run.yaml` in this process: 30 MGA steps on `tva` (no dropout, the
+    whole corpus per batch, decoded cache), then evaluation on the test split (`tv`, `ta`, `tva`) and on its
+    audio alone. The YAML says `task: pretrain`; the script sets `retrieval`. Returns `(output_dir, config file)`."""
+    import runpy
+
+    import yaml
+
+    from training_helpers import REPO, no_dropout_model_config, reset_accelerate, tiny_run
+
+    root = tmp_path_factory.mktemp("retrieval_run")
+    test_set = {"name": "test", "path": str(tiny_corpus), "split": "test", "num_frames": 2}
+    values = tiny_run(
+        tiny_corpus,
+        tiny_processor_dir,
+        root / "run",
+        task="pretrain",
+        model={"processor": str(tiny_processor_dir), "config": no_dropout_model_config()},
+        datasets=[{"name": "tiny", "path": str(tiny_corpus), "num_frames": 2, "contrastive_groups": ["tva"]}],
+        data={"per_device_batch_size": 8, "cache_decoded": True, "cache_num_workers": 0},
+        optimizer={"learning_rate": 1e-3, "warmup_steps": 0},
+        training={"max_steps": 30},
+        evaluation={
+            "datasets": [
+                {**test_set, "contrastive_groups": ["tv", "ta", "tva"]},
+                {**test_set, "name": "test_audio", "modality": "audio"},
+            ],
+            "batch_size": 3,
+            "max_block_elements": 64,
+        },
+    )
+    config = root / "retrieval.yaml"
+    config.write_text(yaml.safe_dump(values))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["finetune_retrieval.py", "--config", str(config)])
+        runpy.run_path(str(REPO / "examples" / "finetune_retrieval.py"), run_name="__main__")
+    reset_accelerate()
+    return root / "run", config
+
+
+@pytest.fixture(scope="session")
+def ddp_runs(tiny_corpus, tiny_processor_dir, tmp_path_factory):
+    """Every two-process check in ONE `torchrun --nproc_per_node 2` launch of tests/distributed_training_worker.py
+    (gloo on the CPU): the pretraining objective's gradients, `examples/pretrain.py`, `finetune_retrieval.py`
+    (groups `tva` + `tv`) and `finetune_captioning.py` (SCST). Returns the work folder with their outputs."""
+    import subprocess
+
+    import yaml
+
+    from training_helpers import subprocess_env, tiny_run, torchrun_command
+
+    workdir = tmp_path_factory.mktemp("ddp")
+    # The three runs decode the same clips with the same settings: one shared decoded cache.
+    data = {
+        "per_device_batch_size": 2,
+        "cache_decoded": True,
+        "cache_num_workers": 0,
+        "cache_dir": str(workdir / "cache"),
+    }
+    test_set = {"name": "test", "path": str(tiny_corpus), "split": "test", "num_frames": 2}
+    evaluation = {"caption_metrics": ["BLEU"], "max_new_tokens": 4}
+    runs = {
+        "pretrain": tiny_run(
+            tiny_corpus,
+            tiny_processor_dir,
+            workdir / "pretrain",
+            data=data,
+            training={"max_steps": 3, "checkpoint_every": 2},
+        ),
+        # Two groups per step for retrieval (one DDP forward scores both); captioning runs SCST.
+        "retrieval": tiny_run(
+            tiny_corpus,
+            tiny_processor_dir,
+            workdir / "retrieval",
+            datasets=[
+                {
+                    "name": "tiny",
+                    "path": str(tiny_corpus),
+                    "num_frames": 2,
+                    "contrastive_groups": ["tva", "tv"],
+                }
+            ],
+            data=data,
+            training={"max_steps": 2},
+            evaluation={"datasets": [{**test_set, "contrastive_groups": ["tva", "tv"]}], **evaluation},
+        ),
+        "captioning": tiny_run(
+            tiny_corpus,
+            tiny_processor_dir,
+            workdir / "captioning",
+            datasets=[{"name": "tiny", "path": str(tiny_corpus), "num_frames": 2, "caption_groups": ["tv"]}],
+            data=data,
+            training={"max_steps": 2},
+            scst={"enabled": True, "num_samples": 2, "max_new_tokens": 4},
+            evaluation={"datasets": [{**test_set, "caption_groups": ["tv"]}], **evaluation},
+        ),
+    }
+    for name, values in runs.items():
+        (workdir / f"{name}.yaml").write_text(yaml.safe_dump(values))
+    worker = os.path.join(os.path.dirname(__file__), "distributed_training_worker.py")
+    run = subprocess.run(
+        torchrun_command(worker, str(workdir)),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-6000:]
+    return workdir

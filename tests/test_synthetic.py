@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 
 from transformers_valor.data.synthetic import (
+    ATTRIBUTES,
     CAPTION_TEMPLATES,
     COLORS,
     DIRECTIONS,
     LOUDNESS,
     SHAPES,
     SOUNDS,
+    attribute_accuracy,
     generate_corpus,
     load_metadata,
     make_captions,
@@ -29,7 +31,6 @@ decord = pytest.importorskip("decord")
 NUM_TRAIN, NUM_TEST, SEED = 6, 2, 0
 SIZE, FPS, DURATION, SAMPLE_RATE = 64, 8, 2.0, 16000
 NUM_FRAMES, NUM_SAMPLES = 16, 32000
-ATTRIBUTES = ("color", "shape", "direction", "sound")
 # Nominal colours as a viewer would name them; the generator jitters around its own values.
 REFERENCE_RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
 
@@ -129,6 +130,23 @@ def test_parse_attributes_examples_and_missing():
         "sound": None,
     }
     assert parse_attributes("a whistle") == dict.fromkeys(ATTRIBUTES)
+
+
+def test_attribute_accuracy_counts_each_attribute_and_all_four():
+    rows = [
+        {"color": "red", "shape": "circle", "direction": "left", "sound": "low_hum"},
+        {"color": "blue", "shape": "square", "direction": "up", "sound": "clicks"},
+    ]
+    predictions = ["a red circle slides to the left as a deep hum plays", "a blue circle moves up"]
+    assert attribute_accuracy(predictions, rows) == {
+        "color": 1.0,
+        "shape": 0.5,
+        "direction": 1.0,
+        "sound": 0.5,
+        "all": 0.5,
+    }
+    with pytest.raises(ValueError, match="1 predictions for 2 rows"):
+        attribute_accuracy(predictions[:1], rows)
 
 
 def test_plan_is_balanced_and_deterministic():

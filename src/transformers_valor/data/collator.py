@@ -1,6 +1,6 @@
 """Batch assembly for VALOR training: decoding through `ValorProcessor`, caption masking, undecodable samples.
 
-[`ValorPretrainingCollator`] runs inside the DataLoader workers. For one batch (all rows from one dataset, see
+[`ValorTrainingCollator`] runs inside the DataLoader workers. For one batch (all rows from one dataset, see
 `datasets.MixedBatchSampler`) it decodes every video (and soundtrack, for audiovisual datasets) with the
 processor, drops the samples that cannot be decoded (reporting their ids, paths and errors), picks one caption per
 sample, tokenises, and applies VALOR's caption masking. All randomness (caption choice, training-time frame and
@@ -86,9 +86,10 @@ def decode_sample(
     return {key: out[key][0] for key in MEDIA_KEYS if key in out}
 
 
-class ValorPretrainingCollator:
+class ValorTrainingCollator:
     """
-    Turn a list of dataset items (from `MixedVideoTextDataset`) into a `ValorForPreTraining` batch.
+    Turn a list of dataset items (from `MixedVideoTextDataset`) into a training batch: the inputs of
+    `ValorForPreTraining` and of every fine-tuning objective (`transformers_valor.training.objectives`).
 
     Args:
         processor ([`ValorProcessor`]): tokenizer, video processor and feature extractor.
@@ -205,7 +206,7 @@ class ValorPretrainingCollator:
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    """The subset of a collated batch that `ValorForPreTraining.forward` takes."""
+    """The subset of a collated batch that the training objectives (and `ValorForPreTraining.forward`) take."""
     keys = (
         "input_ids",
         "attention_mask",
@@ -323,6 +324,18 @@ def build_decoded_cache(
         logger.info("Loaded the decoded cache %s", tensor_file)
         return tensors
 
+    out, errors = _decode_rows(rows, config, processor, num_workers, getattr(torch, dtype), progress)
+    _write_cache(out, errors, tensor_file, meta_file)
+    out["errors"] = errors
+    for index, error in errors.items():
+        logger.warning(
+            "Undecodable sample %s (%s): %s", rows["sample_id"][index], rows["video_path"][index], error
+        )
+    return out
+
+
+def _decode_rows(rows, config, processor, num_workers: int, store_dtype: torch.dtype, progress: bool):
+    """Decode every row in DataLoader workers into `(N, ...)` tensors (zeros and an error for failed rows)."""
     loader = DataLoader(
         _DecodeAll(rows, config, processor),
         batch_size=None,
@@ -335,7 +348,6 @@ def build_decoded_cache(
 
         iterator = tqdm(loader, desc=f"decoding {config.name}", unit="clip")
     count = len(rows["video_path"])
-    store_dtype = getattr(torch, dtype)
     out: dict[str, torch.Tensor] = {}
     ok = torch.zeros(count, dtype=torch.bool)
     errors: dict[int, str] = {}
@@ -356,15 +368,18 @@ def build_decoded_cache(
             f"No sample of dataset {config.name!r} could be decoded; first errors: {list(errors.values())[:3]}"
         )
     out["ok"] = ok
+    return out, errors
+
+
+def _write_cache(
+    out: dict[str, torch.Tensor], errors: dict[int, str], tensor_file: Path, meta_file: Path
+) -> None:
+    """Write the tensors and the failures under temporary names, then rename (the tensors last)."""
     tmp = tensor_file.with_name(f".{tensor_file.name}.{os.getpid()}.partial")
     save_file(out, str(tmp))
     meta_tmp = meta_file.with_name(f".{meta_file.name}.{os.getpid()}.partial")
-    meta_tmp.write_text(json.dumps({"errors": {str(k): v for k, v in errors.items()}, "paths": len(ok)}))
+    meta_tmp.write_text(
+        json.dumps({"errors": {str(k): v for k, v in errors.items()}, "paths": len(out["ok"])})
+    )
     os.replace(meta_tmp, meta_file)
     os.replace(tmp, tensor_file)
-    out["errors"] = errors
-    for index, error in errors.items():
-        logger.warning(
-            "Undecodable sample %s (%s): %s", rows["sample_id"][index], rows["video_path"][index], error
-        )
-    return out

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
-from ..configuration_valor import CAPTION_GROUPS, CONTRASTIVE_GROUPS
+from ..configuration_valor import CAPTION_GROUPS, CONTRASTIVE_GROUPS, MODALITY_GROUPS
 
 logger = logging.getLogger(__name__)
 
@@ -148,12 +147,15 @@ class DatasetConfig:
         for group in self.caption_groups:
             if group not in CAPTION_GROUPS:
                 raise ValueError(f"dataset {self.name!r}: unknown caption group {group!r}.")
-        if self.modality == "audio" and any("v" in g for g in self.contrastive_groups + self.caption_groups):
+        read = set().union(
+            *(MODALITY_GROUPS[g].modalities for g in self.contrastive_groups + self.caption_groups)
+        )
+        if not self.uses_video and "video" in read:
             raise ValueError(
                 f"dataset {self.name!r} has modality 'audio' (no frames) but trains video groups "
                 f"{self.contrastive_groups} / {self.caption_groups}."
             )
-        if not self.uses_audio and any("a" in g for g in self.contrastive_groups + self.caption_groups):
+        if not self.uses_audio and "audio" in read:
             raise ValueError(
                 f"dataset {self.name!r} has modality {self.modality!r} (no audio) but trains audio groups "
                 f"{self.contrastive_groups} / {self.caption_groups}."
@@ -504,6 +506,10 @@ class MixedVideoTextDataset(TorchDataset):
         """Number of rows of every dataset."""
         return [len(t) for t in self.tables]
 
+    def rows(self, dataset_index: int) -> dict[str, list]:
+        """The columns of dataset `dataset_index` as plain lists (`sample_id`, `video_path`, `captions`, ...)."""
+        return self._rows[dataset_index]
+
     def attach_cache(self, dataset_index: int, cache: dict[str, Any]) -> None:
         """Serve decoded tensors (see `collator.build_decoded_cache`) for dataset `dataset_index`."""
         if len(cache["ok"]) != self.sizes[dataset_index]:
@@ -615,11 +621,6 @@ class MixedBatchSampler(Sampler[list[SampleRef]]):
             cursors[d] += self.global_batch_size
             batch_seed = _seed_of(self.seed, self.epoch, step, self.rank)
             yield [SampleRef(d, row, batch_seed) for row in rows]
-
-
-def steps_per_epoch(num_batches: int, gradient_accumulation_steps: int) -> int:
-    """Optimizer steps in an epoch of `num_batches` micro-batches."""
-    return math.ceil(num_batches / gradient_accumulation_steps)
 
 
 @dataclass

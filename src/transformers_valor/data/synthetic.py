@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = [
+    "ATTRIBUTES",
     "COLORS",
     "SHAPES",
     "DIRECTIONS",
@@ -47,6 +48,7 @@ __all__ = [
     "LOUDNESS",
     "CAPTION_TEMPLATES",
     "CORPUS_VERSION",
+    "attribute_accuracy",
     "generate_corpus",
     "load_metadata",
     "make_captions",
@@ -73,6 +75,8 @@ SOUNDS: tuple[str, ...] = (
     "noise_bursts",
 )
 LOUDNESS: tuple[str, ...] = ("quiet", "medium", "loud")
+ATTRIBUTES: tuple[str, ...] = ("color", "shape", "direction", "sound")
+"""The attributes every caption names (and `parse_attributes` reads back)."""
 
 _RGB = {
     "red": (220, 40, 40),
@@ -189,6 +193,31 @@ def parse_attributes(caption: str) -> dict[str, str | None]:
                 best = (match.start(), value)
         result[attribute] = None if best is None else best[1]
     return result
+
+
+def attribute_accuracy(predictions: Sequence[str], rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Share of generated captions that name each attribute of their clip correctly.
+
+    Args:
+        predictions: one generated caption per clip.
+        rows: the clips' metadata rows (with `color`, `shape`, `direction`, `sound`), in the same order.
+
+    Returns:
+        `{"color", "shape", "direction", "sound", "all"}`: fractions in [0, 1]; `all` is the share of captions
+        with every attribute right.
+    """
+    if len(predictions) != len(rows):
+        raise ValueError(f"{len(predictions)} predictions for {len(rows)} rows.")
+    correct = dict.fromkeys(ATTRIBUTES, 0)
+    all_right = 0
+    for text, row in zip(predictions, rows):
+        parsed = parse_attributes(text)
+        hits = [parsed[a] == row[a] for a in ATTRIBUTES]
+        for attribute, hit in zip(ATTRIBUTES, hits):
+            correct[attribute] += hit
+        all_right += all(hits)
+    count = max(len(rows), 1)
+    return {**{a: correct[a] / count for a in ATTRIBUTES}, "all": all_right / count}
 
 
 def render_frames(
@@ -593,6 +622,34 @@ def generate_corpus(
         >>> # datasets.load_dataset("videofolder", data_dir="/tmp/valor_corpus")
         ```
     """
+    params = _corpus_parameters(
+        num_train, num_test, seed, image_size, fps, duration, sample_rate, motion_trail
+    )
+    root = Path(output_dir)
+    splits = {split: root / split for split in _SPLITS}
+    if not overwrite and _is_complete(root, params):
+        return splits
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / _MANIFEST).unlink(missing_ok=True)
+    # Clips left by an interrupted run with the same parameters are complete (atomic writes): keep them.
+    resume = not overwrite and _read_json(root / _IN_PROGRESS) == params
+    _write_text_atomic(root / _IN_PROGRESS, json.dumps(params, indent=2))
+    plans = {split: plan_metadata(split, params[f"num_{split}"], seed) for split in _SPLITS}
+    jobs = _clip_jobs(splits, plans, params, resume)
+    _run_clip_jobs(jobs, num_workers, progress)
+
+    for split, folder in splits.items():
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in plans[split])
+        _write_text_atomic(folder / "metadata.jsonl", text)
+    manifest = {"parameters": params, "counts": {split: len(rows) for split, rows in plans.items()}}
+    _write_text_atomic(root / _MANIFEST, json.dumps(manifest, indent=2))
+    (root / _IN_PROGRESS).unlink(missing_ok=True)
+    return splits
+
+
+def _corpus_parameters(num_train, num_test, seed, image_size, fps, duration, sample_rate, motion_trail):
+    """Validate the generator's arguments and return the parameters recorded in the manifest."""
     num_frames = fps * duration
     if image_size < 16 or image_size % 2:
         raise ValueError(f"image_size must be even and >= 16 (H.264 4:2:0), got {image_size}.")
@@ -600,8 +657,8 @@ def generate_corpus(
         raise ValueError(f"fps * duration must be a whole number of frames >= 2, got {fps} * {duration}.")
     if num_train < 0 or num_test < 0:
         raise ValueError(f"num_train and num_test must be >= 0, got {num_train} and {num_test}.")
-    root = Path(output_dir)
-    splits = {split: root / split for split in _SPLITS}
+    if motion_trail < 0:
+        raise ValueError(f"motion_trail must be >= 0, got {motion_trail}.")
     params: dict[str, Any] = {
         "version": CORPUS_VERSION,
         "seed": int(seed),
@@ -614,28 +671,20 @@ def generate_corpus(
         "sample_rate": int(sample_rate),
         "video_codec": select_video_codec(),
     }
-    if motion_trail < 0:
-        raise ValueError(f"motion_trail must be >= 0, got {motion_trail}.")
     if motion_trail:  # only recorded when used, so corpora made before the option stay valid caches
         params["motion_trail"] = int(motion_trail)
-    if not overwrite and _is_complete(root, params):
-        return splits
+    return params
 
-    root.mkdir(parents=True, exist_ok=True)
-    (root / _MANIFEST).unlink(missing_ok=True)
-    # Clips left by an interrupted run with the same parameters are complete (atomic writes): keep them.
-    resume = not overwrite and _read_json(root / _IN_PROGRESS) == params
-    _write_text_atomic(root / _IN_PROGRESS, json.dumps(params, indent=2))
 
+def _clip_jobs(splits: dict[str, Path], plans: dict[str, list[dict[str, Any]]], params, resume: bool) -> list:
+    """One render job per clip still to write; stale clips of an earlier, larger corpus are removed."""
     fmt = {
         k: params[k] for k in ("image_size", "fps", "duration", "num_frames", "sample_rate", "video_codec")
     }
     fmt["motion_trail"] = params.get("motion_trail", 0)
-    plans: dict[str, list[dict[str, Any]]] = {}
     jobs = []
     for split, folder in splits.items():
         folder.mkdir(exist_ok=True)
-        plans[split] = plan_metadata(split, params[f"num_{split}"], seed)
         expected = {row["file_name"] for row in plans[split]}
         for stale in folder.iterdir():
             is_ours = re.fullmatch(rf"{split}_\d{{5}}\.mp4", stale.name) or stale.name.endswith(".partial")
@@ -645,8 +694,12 @@ def generate_corpus(
             path = folder / row["file_name"]
             if resume and path.is_file():
                 continue
-            jobs.append((str(path), row, [int(seed), _SPLITS.index(split), 1, index], fmt))
+            jobs.append((str(path), row, [params["seed"], _SPLITS.index(split), 1, index], fmt))
+    return jobs
 
+
+def _run_clip_jobs(jobs: list, num_workers: int | None, progress: bool) -> None:
+    """Render and encode the clips, in-process for small corpora, else in a process pool."""
     workers = min(num_workers or os.cpu_count() or 1, 8, max(1, len(jobs) // 32))
     bar = None
     if progress:
@@ -667,14 +720,6 @@ def generate_corpus(
                     bar.update()
     if bar is not None:
         bar.close()
-
-    for split, folder in splits.items():
-        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in plans[split])
-        _write_text_atomic(folder / "metadata.jsonl", text)
-    manifest = {"parameters": params, "counts": {split: len(rows) for split, rows in plans.items()}}
-    _write_text_atomic(root / _MANIFEST, json.dumps(manifest, indent=2))
-    (root / _IN_PROGRESS).unlink(missing_ok=True)
-    return splits
 
 
 def load_metadata(split_dir: str | os.PathLike) -> list[dict[str, Any]]:

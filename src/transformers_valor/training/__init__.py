@@ -1,0 +1,92 @@
+"""VALOR training with Hugging Face Accelerate: one loop for pretraining and the downstream tasks.
+
+The YAML's `task:` (`pretrain`, `retrieval`, `captioning`, `qa`) picks the model class and the objective; data,
+optimizer, schedule, checkpoints, exact resume and the NaN guard are shared. One concern per module:
+
+- `config`: the YAML schema ([`RunConfig`] and its sections) and [`load_config`] (docs/pretraining.md);
+- `model_factory`: [`build_model`] (from scratch, a VALOR checkpoint, or single-modality encoders) and the
+  processor/model consistency check;
+- `optimization`: [`build_optimizer`] (AdamW, VALOR's betas and weight decay) and [`build_scheduler`];
+- `data`: [`build_dataloader`] (the dataset mix, decoded cache, per-process sampler, collator);
+- `objectives`: every task's loss as an `nn.Module` wrapping its model (what DDP wraps);
+- `scst`: self-critical sequence training helpers for captioning;
+- `checkpointing`: atomic `save_state` checkpoints, resume, the final `save_pretrained` folder;
+- `loop`: [`train`] and the step logic;
+- `evaluation`: test-set evaluation of retrieval, captioning and QA (`evaluate_task`);
+- `cli`: the command lines of `examples/pretrain.py`, `examples/finetune_*.py`, `examples/evaluate_finetuned.py`.
+"""
+
+from .checkpointing import TrainState, list_checkpoints, resolve_checkpoint, save_checkpoint, save_final_model
+from .config import (
+    TASKS,
+    DataArguments,
+    LoopArguments,
+    ModelArguments,
+    OptimizerArguments,
+    RunConfig,
+    Task,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+)
+from .data import build_dataloader
+from .loop import DecodeFailureError, NonFiniteLossError, TrainingLoop, TrainResult, create_accelerator, train
+from .model_factory import (
+    TASK_MODEL_CLASSES,
+    build_model,
+    check_processor_matches_model,
+    sync_text_config_with_tokenizer,
+)
+from .objectives import (
+    CaptioningObjective,
+    ObjectiveOutput,
+    PretrainingObjective,
+    RetrievalObjective,
+    SCSTObjective,
+    TrainingObjective,
+    build_objective,
+)
+from .optimization import build_optimizer, build_scheduler
+from .scst import SCSTArguments, scored_token_mask, scst_rewards, sequence_log_probs
+
+__all__ = [
+    "TASKS",
+    "TASK_MODEL_CLASSES",
+    "CaptioningObjective",
+    "DataArguments",
+    "DecodeFailureError",
+    "LoopArguments",
+    "ModelArguments",
+    "NonFiniteLossError",
+    "ObjectiveOutput",
+    "OptimizerArguments",
+    "PretrainingObjective",
+    "RetrievalObjective",
+    "RunConfig",
+    "SCSTArguments",
+    "SCSTObjective",
+    "Task",
+    "TrainResult",
+    "TrainState",
+    "TrainingLoop",
+    "TrainingObjective",
+    "apply_overrides",
+    "build_dataloader",
+    "build_model",
+    "build_objective",
+    "build_optimizer",
+    "build_scheduler",
+    "check_processor_matches_model",
+    "config_from_dict",
+    "create_accelerator",
+    "list_checkpoints",
+    "load_config",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "save_final_model",
+    "scored_token_mask",
+    "scst_rewards",
+    "sequence_log_probs",
+    "sync_text_config_with_tokenizer",
+    "train",
+]
