@@ -1,4 +1,5 @@
-"""Caption generation with and without the KV cache, and one pretraining step with eager vs SDPA attention.
+"""Caption generation with and without the KV cache, VALOR's beam ranking against `transformers`' beam search, and
+one pretraining step with eager vs SDPA attention.
 
 Prints ratios measured within one run (the machine is shared and noisy), never asserts wall-clock times.
 
@@ -78,6 +79,38 @@ def bench_generation(device, dtype, repeats, batch_size):
             )
 
 
+def bench_beam_ranking(device, dtype, repeats, batch_size):
+    """Beam 3 over 30 tokens (cache on): `generation_valor.valor_beam_search` vs `transformers`' beam search."""
+    print(
+        f"\n## Beam search ranking, VALOR-B text decoder, batch {batch_size}, beam 3, 30 new tokens, cache on"
+    )
+    print("| attention | valor ranking (s/video) | transformers ranking (s/video) | valor / transformers |")
+    print("|---|---|---|---|")
+    torch.manual_seed(0)
+    model = ValorForConditionalGeneration._from_config(decoder_config(), attn_implementation="sdpa")
+    model = model.to(device=device, dtype=dtype).eval()
+    hidden = model.config.text_config.hidden_size
+    video = torch.randn(batch_size, VIDEO_TOKENS[0] * VIDEO_TOKENS[1], hidden, device=device, dtype=dtype)
+    audio = torch.randn(batch_size, AUDIO_TOKENS[0] * AUDIO_TOKENS[1], hidden, device=device, dtype=dtype)
+    results = {}
+    for ranking in ("valor", "transformers"):
+        run = partial(
+            model.generate,
+            video_states=video,
+            audio_states=audio,
+            num_beams=3,
+            max_new_tokens=30,
+            min_new_tokens=30,
+            length_penalty=0.0,
+            beam_ranking=ranking,
+        )
+        results[ranking] = timed(run, device, repeats) / batch_size
+    print(
+        f"| sdpa | {results['valor']:.3f} | {results['transformers']:.3f} | "
+        f"{results['valor'] / results['transformers']:.2f}x |"
+    )
+
+
 def pretraining_batch(config, batch_size, frames, clips, image_size, device, dtype):
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 2000, (batch_size, 32), generator=generator)
@@ -152,6 +185,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="one timed repeat instead of three")
     parser.add_argument("--skip_pretraining", action="store_true")
     parser.add_argument("--skip_generation", action="store_true")
+    parser.add_argument("--skip_beam_ranking", action="store_true")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -160,8 +194,11 @@ def main():
         torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     )
     print(f"device: {name}, dtype: {dtype}, torch {torch.__version__}")
+    batch_size = 1 if device.type == "cpu" else 8
     if not args.skip_generation:
-        bench_generation(device, dtype, repeats, batch_size=1 if device.type == "cpu" else 8)
+        bench_generation(device, dtype, repeats, batch_size=batch_size)
+    if not args.skip_beam_ranking:
+        bench_beam_ranking(device, dtype, repeats, batch_size=batch_size)
     if not args.skip_pretraining:
         bench_pretraining(device, dtype, repeats)
 

@@ -88,7 +88,14 @@ def launch_training(args: argparse.Namespace, processor_dir: Path, corpus: Path,
     command += ["--dynamo_backend", "no", "--num_processes", str(args.num_processes)]
     if args.num_processes > 1:
         command.append("--multi_gpu")
-    command += [str(REPO / "examples" / "pretrain.py"), "--config", str(CONFIG), "--set"]
+    # The demo trains afresh every time: a second `make demo` replaces the previous run in `run_dir`.
+    command += [
+        str(REPO / "examples" / "pretrain.py"),
+        "--config",
+        str(CONFIG),
+        "--overwrite_output_dir",
+        "--set",
+    ]
     command += [
         f"model.processor={processor_dir}",
         f"datasets.0.path={corpus}",

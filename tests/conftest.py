@@ -1,6 +1,7 @@
 """Pytest configuration: make tests/helpers.py importable and keep every test offline and deterministic."""
 
 import os
+import signal
 import sys
 
 import pytest
@@ -20,6 +21,28 @@ def tiny_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_corpus")
     generate_corpus(root, num_train=8, num_test=4, seed=0, image_size=32, fps=4, duration=1.0, num_workers=1)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_corpus, tmp_path_factory):
+    """The 8 training clips of `tiny_corpus` packed into 4 WebDataset shards of 2 (`data.shards`)."""
+    from transformers_valor.data.shards import main
+
+    out = tmp_path_factory.mktemp("tiny_shards") / "train"
+    main(
+        [
+            "--path",
+            str(tiny_corpus),
+            "--output",
+            str(out),
+            "--name",
+            "tiny",
+            "--samples_per_shard",
+            "2",
+            "--no_progress",
+        ]
+    )
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -110,10 +133,13 @@ def retrieval_run(tiny_corpus, tiny_processor_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ddp_runs(tiny_corpus, tiny_processor_dir, tmp_path_factory):
+def ddp_runs(tiny_corpus, tiny_processor_dir, tiny_shards, tmp_path_factory):
     """Every two-process check in ONE `torchrun --nproc_per_node 2` launch of tests/distributed_training_worker.py
     (gloo on the CPU): the pretraining objective's gradients, `examples/pretrain.py`, `finetune_retrieval.py`
-    (groups `tva` + `tv`) and `finetune_captioning.py` (SCST). Returns the work folder with their outputs."""
+    (groups `tva` + `tv`, distributed evaluation), the same pretraining and retrieval sharded by FSDP2 (the
+    shipped accelerate config; pretraining also stopped and resumed), one bf16 FSDP2 step, pretraining streamed
+    from shards (uninterrupted and resumed) and `finetune_captioning.py` (SCST, distributed evaluation). Returns
+    the work folder with their outputs."""
     import subprocess
 
     import yaml
@@ -166,15 +192,42 @@ def ddp_runs(tiny_corpus, tiny_processor_dir, tmp_path_factory):
             evaluation={"datasets": [{**test_set, "caption_groups": ["tv"]}], **evaluation},
         ),
     }
+    for name in ("fsdp", "fsdp_resumed"):
+        runs[name] = {
+            **runs["pretrain"],
+            "training": {**runs["pretrain"]["training"], "output_dir": str(workdir / name)},
+        }
+    runs["fsdp_retrieval"] = {
+        **runs["retrieval"],
+        "training": {**runs["retrieval"]["training"], "output_dir": str(workdir / "fsdp_retrieval")},
+    }
+    streamed = [{"name": "tiny", "path": str(tiny_shards), "format": "webdataset", "num_frames": 2}]
+    for name in ("stream", "stream_resumed"):
+        runs[name] = tiny_run(
+            tiny_corpus,
+            tiny_processor_dir,
+            workdir / name,
+            datasets=streamed,
+            data={"per_device_batch_size": 2, "shuffle_buffer": 2},
+            training={"max_steps": 3, "checkpoint_every": 2},
+        )
     for name, values in runs.items():
         (workdir / f"{name}.yaml").write_text(yaml.safe_dump(values))
     worker = os.path.join(os.path.dirname(__file__), "distributed_training_worker.py")
-    run = subprocess.run(
+    # Its own session, so that a timeout kills the workers too (killing torchrun alone leaves them orphaned).
+    process = subprocess.Popen(
         torchrun_command(worker, str(workdir)),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=subprocess_env(),
-        timeout=300,
+        start_new_session=True,
     )
-    assert run.returncode == 0, run.stderr[-6000:]
+    try:
+        _, stderr = process.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+        raise AssertionError(f"the torchrun launch did not finish in 600 s: {stderr[-6000:]}") from None
+    assert process.returncode == 0, stderr[-6000:]
     return workdir

@@ -2,14 +2,21 @@
 not shipped). One tester per tower; `ValorModelTester` composes them into the full model's config and inputs."""
 
 import torch
+from transformers import BertTokenizerFast, CLIPVisionConfig
 
 from transformers_valor import (
     ValorAudioConfig,
     ValorConfig,
+    ValorFeatureExtractor,
+    ValorFeatures,
     ValorForRetrieval,
+    ValorModel,
+    ValorProcessor,
     ValorTextConfig,
+    ValorVideoProcessor,
     ValorVideoSwinConfig,
 )
+from transformers_valor.configuration_valor import MODALITY_GROUPS
 
 # Special ids of the tiny vocabulary used by the model tests.
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
@@ -214,6 +221,39 @@ def tiny_valor_config(**overrides) -> ValorConfig:
     return ValorConfig(**kwargs)
 
 
+# Task prompt ids in the tiny vocabulary, `[CLS] words [SEP]`, one set of words per prompt.
+TINY_TASK_PROMPT_IDS = {
+    "retrieval": [CLS, 11, 12, 13, 14, SEP],
+    "captioning": [CLS, 21, 22, 23, SEP],
+    "qa": [CLS, 31, 32, 33, SEP],
+    "mlm_tva": [CLS, 41, 42, 43, 44, SEP],
+    "mlm_tv": [CLS, 41, 42, 45, SEP],
+    "mlm_ta": [CLS, 41, 42, 46, SEP],
+}
+
+
+def tiny_clip_vision_config():
+    """A tiny CLIP vision tower (VALOR-L's video encoder, per frame): 32-px frames, patch 8, width 24."""
+    return CLIPVisionConfig(
+        hidden_size=24,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        patch_size=8,
+        image_size=32,
+    )
+
+
+def tiny_valor_l_config(**overrides) -> ValorConfig:
+    """A VALOR-L-shaped tiny configuration: `tiny_clip_vision_config` and the task prompts on, with
+    `TINY_TASK_PROMPT_IDS`; keyword arguments override fields."""
+    kwargs = dict(
+        vision_config=tiny_clip_vision_config(), use_task_prompt=True, task_prompt_ids=TINY_TASK_PROMPT_IDS
+    )
+    kwargs.update(overrides)
+    return tiny_valor_config(**kwargs)
+
+
 class ValorInputsTester:
     """Builds tiny, seeded VALOR inputs: captions with padding, 4-frame 32-px videos and 2 audio clips."""
 
@@ -265,3 +305,85 @@ class ValorModelTester:
         """A seeded model of class `cls` in eval mode."""
         torch.manual_seed(seed)
         return cls(self.get_config(**overrides)).eval()
+
+
+TINY_WORDS = ["a", "dog", "cat", "man", "what", "is", "the", "playing", "guitar", "barks", "sound", "of"]
+
+
+def tiny_processor() -> ValorProcessor:
+    """A processor matching `tiny_valor_config`: vocabulary of 99 (special ids 0-3), 4 frames of 32 px, 2 audio
+    clips of 16 mel bins x 32 frames (the tiny audio ViT's `image_size`)."""
+    words = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"] + TINY_WORDS
+    words += [f"w{i}" for i in range(99 - len(words))]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+    video_processor = ValorVideoProcessor(num_frames=4, size={"height": 32, "width": 32})
+    feature_extractor = ValorFeatureExtractor(
+        num_mel_bins=16, clip_length=32, num_clips=2, sampling_rate=16000
+    )
+    return ValorProcessor(
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        feature_extractor=feature_extractor,
+        max_text_length=16,
+    )
+
+
+class GalleryTester:
+    """
+    A seeded tiny [`ValorModel`] and the MGA features of a gallery of `num_items` items computed by its own heads
+    from random encoder outputs (4 frames, 2 audio clips; item 1 has one valid clip, item 2 no sound), plus text
+    queries. Item `i`'s features do not depend on how the items are split into calls.
+    """
+
+    def __init__(self, num_items: int = 12, num_frames: int = 4, num_clips: int = 2, num_queries: int = 3):
+        self.num_items, self.num_frames, self.num_clips, self.num_queries = (
+            num_items,
+            num_frames,
+            num_clips,
+            num_queries,
+        )
+
+    def create_model(self, seed: int = 0, **overrides) -> ValorModel:
+        """A seeded tiny `ValorModel` in eval mode."""
+        return ValorModelTester().create_model(ValorModel, seed=seed, **overrides)
+
+    def ids(self, rows: slice = slice(None)) -> list[str]:
+        """Item ids `item00`, `item01`, ..."""
+        return [f"item{i:02d}" for i in range(self.num_items)][rows]
+
+    @torch.no_grad()
+    def media_features(self, model: ValorModel, rows: slice = slice(None)) -> dict[str, ValorFeatures]:
+        """`{"video": ..., "audio": ...}` features of the items in `rows`."""
+        config = model.config
+        frames = seeded_floats((self.num_items, self.num_frames, config.vision_config.hidden_size), seed=1)
+        clips = seeded_floats((self.num_items, self.num_clips, config.audio_config.hidden_size), seed=2)
+        mask = torch.ones(self.num_items, self.num_clips, dtype=torch.long)
+        mask[1, 1:] = 0
+        mask[2] = 0
+        # Computed for every item, then sliced: a matmul's last bits depend on its batch size.
+        every = {
+            "video": model.video_features_from_frames(frames),
+            "audio": model.audio_features_from_clips(clips, mask),
+        }
+        return {m: ValorFeatures(**{k: v[rows] for k, v in f.items()}) for m, f in every.items()}
+
+    def gallery(self, model: ValorModel, rows: slice = slice(None), path=None, **create_kwargs):
+        """A [`VideoGallery`] (in memory, or saved in `path`) holding the items `rows`, paths `/videos/<id>.mp4`."""
+        from transformers_valor.retrieval import VideoGallery
+
+        gallery = VideoGallery.create(model, path=path, **create_kwargs)
+        paths = [f"/videos/{i}.mp4" for i in self.ids(rows)]
+        gallery.add(self.ids(rows), paths=paths, **self.media_features(model, rows))
+        return gallery
+
+    @torch.no_grad()
+    def text_features(self, model: ValorModel) -> ValorFeatures:
+        """Text features of `num_queries` seeded captions with some padding."""
+        inputs = ValorInputsTester(batch_size=self.num_queries, text_length=7, seed=3).prepare_inputs()
+        return model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+
+
+def raw_retrieval_scores(output, group: str) -> torch.Tensor:
+    """The `(queries, candidates)` MGA scores of a `ValorRetrievalOutput` for `group`, before `logit_scale`."""
+    rows_name, _ = MODALITY_GROUPS[group].logits_names
+    return getattr(output, rows_name) / output.logit_scale

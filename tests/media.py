@@ -83,6 +83,27 @@ def write_video(
     return path
 
 
+def write_vfr_video(path: str | Path, times_ms: list[int], size: int = 32) -> Path:
+    """A variable-frame-rate H.264 .mp4 (no audio): frame `i` is shown from `times_ms[i]` milliseconds and is flat
+    grey at `frame_level(i)`."""
+    path = Path(path)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        frame_buf = np.empty((size, size, 3), dtype=np.uint8)
+        for i, time in enumerate(times_ms):
+            frame_buf[...] = frame_level(i)
+            frame = av.VideoFrame.from_ndarray(frame_buf, format="rgb24")
+            frame.pts, frame.time_base = time, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def _encode_audio(container, stream, samples: np.ndarray, rate: int, chunk: int = 4096) -> None:
     """Encode (channels, samples) float32 audio in chunks, letting PyAV convert to the codec's sample format."""
     layout = "mono" if samples.shape[0] == 1 else "stereo"

@@ -124,3 +124,37 @@ def test_unknown_group_names_the_allowed_ones():
         get_modality_group("va", "caption")
     with pytest.raises(ValueError, match="contrastive group 'xy'"):
         get_modality_group("xy")
+
+
+def test_task_prompts_defaults_ids_and_validation(tmp_path):
+    from transformers import BertTokenizerFast
+    from transformers.models.bert.tokenization_bert import load_vocab
+
+    from transformers_valor.configuration_valor import DEFAULT_TASK_PROMPTS
+
+    config = tiny_valor_config()
+    assert config.task_prompts == DEFAULT_TASK_PROMPTS and config.task_prompt_ids is None
+    assert config.task_prompts["retrieval"] == "project language in common space"
+    assert config.task_prompts["qa"] == "answer the question"
+    assert config.mlm_groups == ["tva", "tv", "ta"] and not config.use_task_prompt
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
+        {w for text in DEFAULT_TASK_PROMPTS.values() for w in text.split()}
+    )
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizerFast(vocab=load_vocab(str(vocab)), do_lower_case=True)
+    ids = config.set_task_prompt_ids(tokenizer)
+    index = {w: i for i, w in enumerate(words)}
+    assert ids["captioning"] == [index["[CLS]"]] + [
+        index[w] for w in DEFAULT_TASK_PROMPTS["captioning"].split()
+    ] + [index["[SEP]"]]
+    config.save_pretrained(tmp_path / "saved")
+    assert ValorConfig.from_pretrained(tmp_path / "saved").task_prompt_ids == ids
+    legacy = ValorConfig(**{**tiny_valor_config().to_dict(), "task_prompts": None, "task_prompt": "say it"})
+    assert legacy.task_prompts["captioning"] == "say it"  # an earlier config's single captioning prompt
+    with pytest.raises(ValueError, match="unknown names"):
+        tiny_valor_config(task_prompts={"translation": "go"})
+    with pytest.raises(ValueError, match="at least 3 ints"):
+        tiny_valor_config(task_prompt_ids={"qa": [1, 2]})
+    with pytest.raises(StrictDataclassFieldValidationError, match="mlm_groups"):
+        tiny_valor_config(mlm_groups=["va"])

@@ -21,7 +21,7 @@ from original_checkpoints import (
     write_vocab,
 )
 from transformers_valor import ValorForPreTraining
-from transformers_valor.conversion import main
+from transformers_valor.conversion import ConversionError, convert_checkpoint, main
 
 
 @pytest.mark.parametrize("variant", ["valor-b", "valor-l"])
@@ -53,11 +53,14 @@ def test_conversion_writes_a_loadable_folder(variant, tmp_path):
     )
     if variant == "valor-b":
         assert model.config.logit_scale_type == "temperature"
-        assert weights["valor.temperature"].item() == pytest.approx(0.05)
+        # The reference's 0-d scalar becomes a 1-element parameter (FSDP2 shards no 0-d parameter).
+        assert weights["valor.temperature"].shape == (1,) and weights[
+            "valor.temperature"
+        ].item() == pytest.approx(0.05)
         assert "video_encoder.layers.0.blocks.0.attn.relative_position_index" in report.dropped
     else:
         assert model.config.logit_scale_type == "log_scale" and model.config.use_task_prompt
-        assert torch.equal(weights["valor.logit_scale"], state_dict["clip_model.logit_scale"])
+        assert torch.equal(weights["valor.logit_scale"], state_dict["clip_model.logit_scale"].reshape(1))
         assert "clip_model.transformer.resblocks.0.attn.in_proj_weight" in report.dropped
         in_proj = state_dict["clip_model.visual.transformer.resblocks.1.attn.in_proj_weight"]
         for index, name in enumerate("qkv"):
@@ -119,3 +122,45 @@ def test_python_dash_m_runs_the_converter(monkeypatch, capsys):
         "--no_verify",
     ):
         assert option in usage
+
+
+def test_refused_parity_check_leaves_no_model(tmp_path):
+    state_dict = original_state_dict("valor-b", seed=3)
+    state_dict["audio_encoder.layer.1.attention.linears.2.weight"][0, 0] = float("nan")
+    out = tmp_path / "converted"
+    with pytest.raises(ConversionError, match="Parity check failed"):
+        convert_checkpoint(
+            state_dict,
+            "valor-b",
+            out,
+            vocab=write_vocab(tmp_path / "vocab.txt"),
+            image_size=IMAGE,
+            config_overrides=overrides_for("valor-b"),
+        )
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["vocab.txt"]
+
+
+def test_output_dir_with_other_files_is_refused_and_a_conversion_is_replaced(tmp_path):
+    state_dict = original_state_dict("valor-b", seed=3)
+    out = tmp_path / "converted"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    kwargs = dict(image_size=IMAGE, config_overrides=overrides_for("valor-b"), verify=False)
+    with pytest.raises(ConversionError, match=r"converted holds files .*notes\.txt"):
+        convert_checkpoint(state_dict, "valor-b", out, **kwargs)
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    convert_checkpoint(state_dict, "valor-b", out, **kwargs)
+    convert_checkpoint(state_dict, "valor-b", out, **kwargs)  # a finished conversion is replaced as a whole
+    assert (out / "model.safetensors").is_file() and not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.parametrize("content", [b"this is a text file, not a checkpoint\n", b""])
+def test_checkpoint_that_is_not_a_torch_file(tmp_path, content):
+    checkpoint = tmp_path / "notes.pt"
+    checkpoint.write_bytes(content)
+    with pytest.raises(ConversionError, match=r"notes\.pt is not a PyTorch checkpoint"):
+        main(["--checkpoint", str(checkpoint), "--variant", "valor-b", "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(ConversionError, match="is a folder"):
+        main(["--checkpoint", str(tmp_path), "--variant", "valor-b", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

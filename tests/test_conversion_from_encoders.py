@@ -195,7 +195,7 @@ def test_clip_model_gives_the_temperature(checkpoints, clip_valor):
     model, report = clip_valor
     clip = models["clip"]
     assert model.config.logit_scale_type == "log_scale"
-    assert torch.equal(model.logit_scale.detach(), clip.logit_scale.detach())
+    assert torch.equal(model.logit_scale.detach(), clip.logit_scale.detach().reshape(1))  # 0-d -> (1,)
     assert torch.equal(
         model.vision_model.encoder.layers[0].mlp.fc1.weight,
         clip.vision_model.encoder.layers[0].mlp.fc1.weight,

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertModel
 
+from helpers import raw_retrieval_scores
 from original_checkpoints import (
     AUDIO,
     AUDIO_PATCH,
@@ -65,8 +66,12 @@ def _inputs(seed=1):
     }
 
 
-def _bert_text_states(state_dict, ids):
-    """The bidirectional text encoder with transformers' own BertModel on the original `multimodal_encoder.*`."""
+def _bert_text_states(state_dict, ids, prompt=None):
+    """
+    The bidirectional text encoder with transformers' own BertModel on the original `multimodal_encoder.*`. With a
+    `prompt`, BertModel's encoder runs over `[text ; prompt]` embedded as `model/bert.py` does (positions from 0,
+    the prompt embedding as the prompt's token type), every non-padding token seeing every other one.
+    """
     bert = BertModel(
         BertConfig(
             vocab_size=VOCAB,
@@ -90,7 +95,19 @@ def _bert_text_states(state_dict, ids):
         and "prompt_embedding" not in k
     }
     bert.load_state_dict(weights, strict=True)
-    return bert(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state
+    if prompt is None:
+        return bert(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state
+    text = bert.embeddings(input_ids=ids)
+    prompt_type = state_dict["multimodal_encoder.embeddings.prompt_embedding.weight"]
+    words = (
+        bert.embeddings.word_embeddings(prompt)
+        + bert.embeddings.position_embeddings.weight[: prompt.shape[1]]
+    )
+    prompt_states = bert.embeddings.LayerNorm(words + prompt_type)
+    mask = torch.cat([ids != 0, prompt != 0], dim=1).long()
+    hidden = torch.cat([text, prompt_states], dim=1)
+    extended = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min  # (B, 1, 1, L + P)
+    return bert.encoder(hidden, attention_mask=extended).last_hidden_state[:, : ids.shape[1]]
 
 
 def _audio_cls(state_dict, spec):
@@ -144,10 +161,14 @@ def test_converted_outputs_match_independent_computation(variant, converted):
     with torch.no_grad():
         text = model.valor.get_text_features(ids)
         audio = model.valor.get_audio_features(inputs["input_features"])
-        scores = model(**inputs, group="ta").scores
+        scores = raw_retrieval_scores(model(**inputs, group="ta"), "ta")
 
-        # Text: transformers' BertModel on the original weights, then the original contrastive head.
-        hidden = _bert_text_states(state_dict, ids)
+        # Text: transformers' BertModel on the original weights (VALOR-L: with the retrieval prompt appended, as the
+        # reference's text encoder runs), then the original contrastive head.
+        prompt = None
+        if model.config.use_task_prompt:
+            prompt = torch.tensor(model.config.task_prompt_ids["retrieval"]).repeat(len(ids), 1)
+        hidden = _bert_text_states(state_dict, ids, prompt)
         text_embeds = F.normalize(hidden @ state_dict["contra_head_t.linear.weight"].t(), dim=-1)
         valid = ids != 0
         torch.testing.assert_close(text.embeds[valid], text_embeds[valid], atol=1e-5, rtol=1e-4)
@@ -197,3 +218,18 @@ def test_verify_conversion_detects_a_wrong_weight(converted, tmp_path):
     model.save_pretrained(broken)
     with pytest.raises(ConversionError, match="Parity check failed"):
         verify_conversion(state_dict, broken, "valor-b")
+
+
+@torch.no_grad()
+def test_verify_conversion_checks_valor_l_text_features_with_the_prompt(converted, tmp_path):
+    """The VALOR-L parity check covers the text encoder with the retrieval prompt: a converted folder whose
+    config drops the task prompts fails it, on the text features among others."""
+    state_dict, out, report = converted("valor-l")
+    assert report.verification["text_features"] < 1e-4
+    broken = tmp_path / "no_prompt"
+    shutil.copytree(out, broken)
+    model = ValorForPreTraining.from_pretrained(broken)
+    model.config.use_task_prompt = False
+    model.save_pretrained(broken)
+    with pytest.raises(ConversionError, match="text_features"):
+        verify_conversion(state_dict, broken, "valor-l")

@@ -34,6 +34,15 @@ def test_metadata_and_valor_json_formats(tiny_corpus, tmp_path):
     assert table["video_path"][0] == str(tiny_corpus / "train" / "train_00000.mp4")
 
 
+def test_missing_split_and_folder_are_named(tiny_corpus, tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match=r"no split 'validation' in .*its splits are \['test', 'train'\]"
+    ):
+        load_video_text_dataset(DatasetConfig(name="m", path=str(tiny_corpus), split="validation"))
+    with pytest.raises(FileNotFoundError, match=r"dataset 'm': no such folder .*nowhere"):
+        load_video_text_dataset(DatasetConfig(name="m", path=str(tmp_path / "nowhere")))
+
+
 def test_dataset_groups_follow_modality():
     assert DatasetConfig(name="a", path=".").contrastive_groups == ["tva", "tv", "ta"]
     video_only = DatasetConfig(name="w", path=".", modality="video")
@@ -41,6 +50,12 @@ def test_dataset_groups_follow_modality():
     assert DatasetConfig(name="c", path=".", modality="image", num_frames=4).num_frames == 1
     with pytest.raises(ValueError, match="audio groups"):
         DatasetConfig(name="w", path=".", modality="video", contrastive_groups=["tva"])
+    assert DatasetConfig(name="a", path=".").mlm_groups == []  # conditioned MLM only where asked for
+    assert DatasetConfig(name="w", path=".", modality="video", mlm_groups=["tv"]).mlm_groups == ["tv"]
+    with pytest.raises(ValueError, match="audio groups"):
+        DatasetConfig(name="w", path=".", modality="video", mlm_groups=["tva"])
+    with pytest.raises(ValueError, match="unknown mlm group 'va'"):
+        DatasetConfig(name="a", path=".", mlm_groups=["va"])
 
 
 def test_mixed_sampler_is_homogeneous_deterministic_and_split_across_ranks():

@@ -223,6 +223,30 @@ class TestAudioErrors(ValorFeatureExtractorTester):
         assert [e.index for e in info.value.errors] == [0, 2]
         assert "gone.wav" in str(info.value) and str(media["garbage"]) in str(info.value)
 
+    def test_one_multichannel_waveform_is_one_sample(self):
+        stereo = np.random.default_rng(0).standard_normal((2, 48000)).astype("f4")
+        extractor = self.get_extractor(sampling_rate=16000)
+        out = extractor(stereo, sampling_rate=16000)["input_features"]
+        assert out.shape == (1, 2, 64, 64)
+        mono = extractor(stereo.mean(axis=0), sampling_rate=16000)["input_features"]
+        torch.testing.assert_close(out, mono, atol=1e-4, rtol=0)
+        assert (
+            extractor(list(stereo), sampling_rate=16000)["input_features"].shape[0] == 2
+        )  # a batch is a list
+
+    def test_ambiguous_audio_is_refused(self):
+        extractor = self.get_extractor()
+        with pytest.raises(ValueError, match=r"shape \(48000, 2\).*\(channels, samples\)"):
+            extractor(np.zeros((48000, 2), dtype="f4"))
+        with pytest.raises(ValueError, match=r"`audio\[1\]` is a 3-D array"):
+            extractor([np.zeros(16000), np.zeros((2, 2, 16000))])
+        with pytest.raises(TypeError, match="list of numbers"):
+            extractor([0.1, 0.2, 0.3])
+        with pytest.raises(TypeError, match=r"`audio\[0\]` is a dict"):
+            extractor([{"array": np.zeros(100)}])
+        with pytest.raises(ValueError, match="empty list"):
+            extractor([])
+
     def test_bad_arguments(self):
         with pytest.raises(ValueError, match="sampling"):
             self.get_extractor()(np.zeros(22050), sampling="first")

@@ -3,9 +3,19 @@
 import pytest
 import torch
 
-from helpers import CLS, MASK, PAD, SEP, ValorInputsTester, tiny_valor_config
+from helpers import (
+    CLS,
+    MASK,
+    PAD,
+    SEP,
+    TINY_TASK_PROMPT_IDS,
+    ValorInputsTester,
+    tiny_valor_config,
+    tiny_valor_l_config,
+)
 from transformers_valor import ValorForConditionalGeneration
 from transformers_valor.data.masking import CaptionMaskingConfig, mask_captions, next_token_labels
+from transformers_valor.modeling_valor import compose_question_prompt
 
 
 class ValorGenerationTester:
@@ -97,7 +107,9 @@ def test_cache_never_keeps_the_mask_slot_and_decoder_sees_only_new_tokens():
     )
     cache_lengths = []
     model.register_forward_hook(lambda module, args, out: cache_lengths.append(out.cache.get_seq_length()))
-    out = model.generate(inputs["pixel_values_videos"], max_new_tokens=4, min_new_tokens=4, use_cache=True)
+    out = model.generate(
+        inputs["pixel_values_videos"], max_new_tokens=4, min_new_tokens=4, num_beams=1, use_cache=True
+    )
     hook.remove()
     # Step 1 feeds [CLS] [MASK]; later steps the newest word and a fresh [MASK].
     assert [ids.shape[1] for ids in seen] == [2, 2, 2, 2]
@@ -183,6 +195,17 @@ def test_text_only_and_bad_modality_arguments_are_rejected():
         )
 
 
+def test_prompt_and_video_batch_sizes_must_match():
+    tester = ValorGenerationTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()  # 3 samples
+    prompts = torch.tensor([[1, 6, 7, 2], [1, 8, 9, 2]])
+    with pytest.raises(ValueError, match=r"Batch sizes of the inputs differ: .*'prompt_ids': 2"):
+        model.generate(inputs["pixel_values_videos"], prompt_ids=prompts, max_new_tokens=3)
+    with pytest.raises(ValueError, match=r"Batch sizes of the inputs differ: .*'input_ids': 2"):
+        model.generate(inputs["pixel_values_videos"], input_ids=prompts[:, :1], max_new_tokens=3)
+
+
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_question_answering_with_prompt_prefix(num_beams):
     tester = ValorGenerationTester(use_task_prompt=True)
@@ -228,3 +251,149 @@ def test_question_answering_with_prompt_prefix(num_beams):
         labels=labels,
     )
     assert out.logits.shape == (*answers.shape, 99) and torch.isfinite(out.loss)
+
+
+# ----------------------------------------------------------------------------------- task prompts and QA
+def _valor_l_captioner(attn="eager"):
+    torch.manual_seed(0)
+    return ValorForConditionalGeneration._from_config(tiny_valor_l_config(), attn_implementation=attn).eval()
+
+
+def _prompt(name, batch_size):
+    return torch.tensor([TINY_TASK_PROMPT_IDS[name]]).repeat(batch_size, 1)
+
+
+@torch.no_grad()
+def test_valor_l_decoder_runs_with_the_captioning_prompt():
+    model = _valor_l_captioner()
+    inputs = ValorInputsTester().prepare_inputs()
+    decoder_ids, _ = _masked_batch(inputs, model)
+    args = (decoder_ids, inputs["attention_mask"], inputs["pixel_values_videos"])
+    logits = model(*args).logits
+    torch.testing.assert_close(logits, model(*args, prompt_ids=_prompt("captioning", 3)).logits)
+    assert not torch.allclose(logits, model(*args, use_task_prompt=False).logits, atol=1e-4)
+    kwargs = dict(max_new_tokens=5, min_new_tokens=5)
+    for num_beams in (1, 3):
+        ids = model.generate(inputs["pixel_values_videos"], num_beams=num_beams, **kwargs)
+        explicit = model.generate(
+            inputs["pixel_values_videos"], prompt_ids=_prompt("captioning", 3), num_beams=num_beams, **kwargs
+        )
+        assert torch.equal(ids, explicit)
+
+
+def _padded_questions():
+    """`[CLS] q.. [SEP]` of different lengths, padded with 0 at the end."""
+    return torch.tensor([[CLS, 7, 8, 9, SEP], [CLS, 10, SEP, PAD, PAD], [CLS, 11, 12, SEP, PAD]])
+
+
+def test_qa_prompt_is_composed_token_by_token():
+    """VALOR-L: `[CLS]` + "answer the question" without its [CLS]/[SEP] + the question without its [CLS]."""
+    questions = _padded_questions()
+    instruction = TINY_TASK_PROMPT_IDS["qa"]
+    expected_rows = [[CLS, *instruction[1:-1], *row[1:]] for row in questions.tolist()]
+    composed, mask = compose_question_prompt(questions, (questions != PAD).long(), _prompt("qa", 3))
+    assert composed.tolist() == expected_rows
+    assert mask.tolist() == [[int(token != PAD) for token in row] for row in expected_rows]
+    model = _valor_l_captioner()
+    ids, prompt_mask = model.question_prompt(questions)
+    assert ids.tolist() == expected_rows and torch.equal(prompt_mask, mask)
+    alone, alone_mask = model.question_prompt(questions, use_task_prompt=False)  # VALOR-B: the question alone
+    assert torch.equal(alone, questions) and torch.equal(alone_mask, (questions != PAD).long())
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_question_ids_decode_as_the_composed_prompt(attn):
+    model = _valor_l_captioner(attn)
+    inputs = ValorInputsTester().prepare_inputs()
+    questions = _padded_questions()
+    composed, composed_mask = model.question_prompt(questions)
+    kwargs = dict(max_new_tokens=4, min_new_tokens=4, num_beams=1)
+    by_question = model.generate(inputs["pixel_values_videos"], question_ids=questions, **kwargs)
+    by_prompt = model.generate(inputs["pixel_values_videos"], prompt_ids=composed, **kwargs)
+    assert torch.equal(by_question, by_prompt)
+    decoder_ids, labels = _masked_batch(inputs, model)
+    args = (decoder_ids, inputs["attention_mask"], inputs["pixel_values_videos"])
+    out = model(*args, question_ids=questions, labels=labels)
+    torch.testing.assert_close(
+        out.logits, model(*args, prompt_ids=composed, prompt_attention_mask=composed_mask).logits
+    )
+    with pytest.raises(ValueError, match="not both"):
+        model(*args, question_ids=questions, prompt_ids=composed)
+
+
+@torch.no_grad()
+def test_qa_logits_agree_between_eager_and_sdpa():
+    inputs = ValorInputsTester().prepare_inputs()
+    questions = _padded_questions()
+    outs = []
+    for attn in ("eager", "sdpa"):
+        model = _valor_l_captioner(attn)
+        decoder_ids, _ = _masked_batch(inputs, model)
+        outs.append(
+            model(
+                decoder_ids, inputs["attention_mask"], inputs["pixel_values_videos"], question_ids=questions
+            )
+        )
+    torch.testing.assert_close(outs[0].logits, outs[1].logits, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_prompt_mask_defaults_to_prompt_not_pad():
+    """`generate(prompt_ids=...)` without a mask masks the padding (`prompt != 0`), as the reference does."""
+    model = ValorGenerationTester().create_model()
+    inputs = ValorInputsTester().prepare_inputs()
+    questions = _padded_questions()
+    kwargs = dict(max_new_tokens=5, min_new_tokens=5, num_beams=1)
+    no_mask = model.generate(inputs["pixel_values_videos"], prompt_ids=questions, **kwargs)
+    derived = model.generate(
+        inputs["pixel_values_videos"],
+        prompt_ids=questions,
+        prompt_attention_mask=(questions != PAD).long(),
+        **kwargs,
+    )
+    assert torch.equal(no_mask, derived)
+    first = model(
+        no_mask[:, :1],
+        pixel_values_videos=inputs["pixel_values_videos"],
+        prompt_ids=questions,
+        generation_step=True,
+    )
+    seeing_padding = model(
+        no_mask[:, :1],
+        pixel_values_videos=inputs["pixel_values_videos"],
+        prompt_ids=questions,
+        prompt_attention_mask=torch.ones_like(questions),
+        generation_step=True,
+    )
+    assert not torch.allclose(first.logits[1:], seeing_padding.logits[1:], atol=1e-5)  # rows with padding
+
+
+def test_qa_loss_is_the_mean_of_per_answer_means():
+    """VALOR's QA loss (`forward_qa_single`): token cross-entropy averaged within each answer, then over answers."""
+    model = ValorGenerationTester().create_model()
+    inputs = ValorInputsTester().prepare_inputs()
+    answers = inputs["input_ids"]
+    labels = torch.full_like(answers, -100)
+    labels[0, 1:4] = answers[0, 1:4]  # three labelled tokens
+    labels[1, 2] = answers[1, 2]  # one
+    labels[2, 1:3] = answers[2, 1:3]  # two
+    decoder_ids = answers.masked_fill(labels != -100, MASK)
+    out = model(
+        decoder_ids,
+        inputs["attention_mask"],
+        inputs["pixel_values_videos"],
+        question_ids=_padded_questions(),
+        labels=labels,
+    )
+    per_answer = []
+    for row in range(3):
+        losses = [
+            torch.nn.functional.cross_entropy(out.logits[row, pos], labels[row, pos])
+            for pos in range(labels.shape[1])
+            if labels[row, pos] != -100
+        ]
+        per_answer.append(torch.stack(losses).mean())
+    torch.testing.assert_close(out.loss, torch.stack(per_answer).mean())
+    token_mean = torch.nn.functional.cross_entropy(out.logits[labels != -100], labels[labels != -100])
+    assert not torch.isclose(out.loss, token_mean)  # the caption loss would weight long answers more

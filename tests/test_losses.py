@@ -1,10 +1,19 @@
-"""MGA scoring: the fine-grained score against a literal reference, chunking, masking and the InfoNCE loss."""
+"""MGA scoring: the fine-grained score against a literal reference and the naive formulation (values and
+gradients, across block sizes and masks), masking and the InfoNCE loss."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from transformers_valor.losses import contrastive_loss, fine_grained_similarity, masked_softmax
+from transformers_valor.losses import (
+    CPU_BLOCK_ELEMENTS,
+    QuestionAnsweringLoss,
+    _block_shape,
+    contrastive_loss,
+    fine_grained_similarity,
+    masked_softmax,
+    naive_fine_grained_similarity,
+)
 
 
 def reference_fine_score(a, ma, wa_logits, b, mb, wb_logits):
@@ -25,17 +34,27 @@ def reference_fine_score(a, ma, wa_logits, b, mb, wb_logits):
 
 
 class FineScoreTester:
-    """Random normalised features with ragged masks."""
+    """
+    Random normalised features with ragged masks: a few fixed short rows or, with `ragged`, a random length per
+    sequence (0 included, so some sequences of both sides are fully masked).
+    """
 
-    def __init__(self, num_a=5, num_b=6, t=4, v=3, dim=8, seed=0):
+    def __init__(self, num_a=5, num_b=6, t=4, v=3, dim=8, seed=0, ragged=False):
         g = torch.Generator().manual_seed(seed)
         self.a = F.normalize(torch.randn(num_a, t, dim, generator=g), dim=-1)
         self.b = F.normalize(torch.randn(num_b, v, dim, generator=g), dim=-1)
-        self.ma = torch.ones(num_a, t, dtype=torch.long)
-        self.ma[1, 2:] = 0
-        self.ma[3, 1:] = 0
-        self.mb = torch.ones(num_b, v, dtype=torch.long)
-        self.mb[0, 1:] = 0
+        if ragged:
+            lengths_a = torch.randint(0, t + 1, (num_a,), generator=g)
+            lengths_b = torch.randint(0, v + 1, (num_b,), generator=g)
+            lengths_a[0] = lengths_b[-1] = 0
+            self.ma = (torch.arange(t) < lengths_a[:, None]).long()
+            self.mb = (torch.arange(v) < lengths_b[:, None]).long()
+        else:
+            self.ma = torch.ones(num_a, t, dtype=torch.long)
+            self.ma[1, 2:] = 0
+            self.ma[3, 1:] = 0
+            self.mb = torch.ones(num_b, v, dtype=torch.long)
+            self.mb[0, 1:] = 0
         self.wa = torch.randn(num_a, t, generator=g)
         self.wb = torch.randn(num_b, v, generator=g)
 
@@ -45,16 +64,63 @@ class FineScoreTester:
 
 def test_fine_score_matches_reference():
     tester = FineScoreTester()
+    reference = reference_fine_score(*tester.args())
     got = fine_grained_similarity(*tester.args(), max_block_elements=None)
-    torch.testing.assert_close(got.double(), reference_fine_score(*tester.args()), atol=1e-6, rtol=0)
+    torch.testing.assert_close(got.double(), reference, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        naive_fine_grained_similarity(*tester.args()).double(), reference, atol=1e-6, rtol=0
+    )
 
 
-@pytest.mark.parametrize("block", [1, 7, 40, 100])
-def test_chunked_equals_unchunked(block):
-    tester = FineScoreTester(num_a=9, num_b=11)
-    full = fine_grained_similarity(*tester.args(), max_block_elements=None)
-    chunked = fine_grained_similarity(*tester.args(), max_block_elements=block)
-    torch.testing.assert_close(chunked, full, atol=1e-7, rtol=0)
+@pytest.mark.parametrize("block", [1, 7, 40, 100, 999, None])
+def test_blocked_equals_naive(block):
+    tester = FineScoreTester(num_a=9, num_b=11, t=6, v=5, dim=16, seed=1, ragged=True)
+    naive = naive_fine_grained_similarity(*tester.args())
+    blocked = fine_grained_similarity(*tester.args(), max_block_elements=block)
+    torch.testing.assert_close(blocked, naive, atol=1e-6, rtol=0)
+    assert (blocked[0] == 0).all() and (blocked[:, -1] == 0).all()  # fully masked sequences score 0
+
+
+def test_cpu_cache_blocks_equal_naive():
+    # More similarity values than one CPU block, at the default bound: the cache-sized blocks are used.
+    tester = FineScoreTester(num_a=70, num_b=90, t=32, v=10, dim=32, seed=2, ragged=True)
+    assert 70 * 90 * 32 * 10 > CPU_BLOCK_ELEMENTS
+    naive = naive_fine_grained_similarity(*tester.args())
+    torch.testing.assert_close(fine_grained_similarity(*tester.args()), naive, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("block", [1, 30, 400, None])
+def test_blocked_gradients_equal_naive(block):
+    tester = FineScoreTester(num_a=7, num_b=8, t=5, v=4, dim=16, seed=3, ragged=True)
+    grad_out = torch.randn(7, 8, generator=torch.Generator().manual_seed(4))
+
+    def gradients(scorer, **kwargs):
+        a, ma, wa, b, mb, wb = (x.clone() for x in tester.args())
+        leaves = [x.requires_grad_(True) for x in (a, wa, b, wb)]
+        scorer(a, ma, wa, b, mb, wb, **kwargs).backward(grad_out)
+        return [x.grad for x in leaves]
+
+    expected = gradients(naive_fine_grained_similarity)
+    for got, want in zip(gradients(fine_grained_similarity, max_block_elements=block), expected):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_bfloat16_stays_bfloat16():
+    tester = FineScoreTester(num_a=9, num_b=11, t=6, v=5, dim=16, seed=5, ragged=True)
+    a, ma, wa, b, mb, wb = tester.args()
+    half = fine_grained_similarity(a.bfloat16(), ma, wa.bfloat16(), b.bfloat16(), mb, wb.bfloat16(), 40)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), naive_fine_grained_similarity(*tester.args()), atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize("t,v", [(32, 10), (1, 1), (7, 300)])
+@pytest.mark.parametrize("budget", [1, 100, 2**16, 2**20])
+def test_block_shape_respects_the_bound(t, v, budget):
+    for num_a, num_b in [(1, 1), (3, 5000), (5000, 3), (8000, 8000)]:
+        rows, cols = _block_shape(num_a, t, num_b, v, budget)
+        assert 1 <= rows <= num_a and 1 <= cols <= num_b
+        assert rows * cols * t * v <= max(budget, t * v)  # one pair is the smallest block
 
 
 def test_fully_masked_sequence_scores_zero_and_keeps_gradients_finite():
@@ -136,3 +202,36 @@ def test_caption_loss_is_the_mean_over_labelled_tokens(objective):
     keep = labels != -100
     expected = F.cross_entropy(logits[keep], labels[keep])
     torch.testing.assert_close(loss, expected)
+
+
+def test_question_answering_loss_follows_the_reference():
+    """`forward_qa_single`: per-answer mean of the token losses, then the mean over answers, or with tiled answers
+    `sum(weight * answer loss) / number of questions`; the `lm` objective shifts the labels."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 5, 11, generator=generator)
+    labels = torch.full((4, 5), -100)
+    labels[0, 1:4] = torch.tensor([3, 4, 5])
+    labels[1, 2] = 6
+    labels[2, 1:3] = torch.tensor([7, 8])
+    labels[3, 1:5] = torch.tensor([1, 2, 3, 4])
+    per_answer = []
+    for row in range(4):
+        positions = (labels[row] != -100).nonzero().flatten()
+        per_answer.append(F.cross_entropy(logits[row, positions], labels[row, positions]))
+    per_answer = torch.stack(per_answer)
+    loss = QuestionAnsweringLoss("unimlm")
+    torch.testing.assert_close(loss(logits, labels), per_answer.mean())
+    weights = torch.tensor([0.6, 0.4, 1.0, 1.0])  # question 1 tiled over two answers
+    torch.testing.assert_close(
+        loss(logits, labels, weights, num_questions=3), (per_answer * weights).sum() / 3
+    )
+    shifted = labels.clone()
+    shifted[:, 1:] = labels[:, :-1]  # `lm` reads labels one position later
+    shifted[:, 0] = -100
+    torch.testing.assert_close(
+        QuestionAnsweringLoss("lm")(logits, shifted), loss(logits[:, :-1], labels[:, :-1])
+    )
+    with pytest.raises(ValueError, match="no labelled token"):
+        loss(logits, torch.full((4, 5), -100))
+    with pytest.raises(ValueError, match="num_questions"):
+        loss(logits, labels, weights)

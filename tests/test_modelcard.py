@@ -90,4 +90,4 @@ def test_usage_snippet_runs(tmp_path):
     assert str(out) in code
     namespace = {}
     exec(compile(code, "snippet", "exec"), namespace)
-    assert namespace["ids"].shape[0] == 1 and namespace["scores"].shape == (1, 1)
+    assert namespace["ids"].shape[0] == 1 and namespace["logits_per_text"].shape == (1, 1)

@@ -6,13 +6,16 @@ from transformers import (
     AutoModel,
     AutoModelForMultimodalLM,
     AutoModelForPreTraining,
-    CLIPVisionConfig,
     CLIPVisionModel,
 )
 
 from helpers import (
+    TINY_TASK_PROMPT_IDS,
     ValorModelTester,
+    raw_retrieval_scores,
+    tiny_clip_vision_config,
     tiny_text_config,
+    tiny_valor_l_config,
 )
 from transformers_valor import (
     ValorForConditionalGeneration,
@@ -20,6 +23,7 @@ from transformers_valor import (
     ValorForRetrieval,
     ValorModel,
 )
+from transformers_valor.configuration_valor import MODALITY_GROUPS
 
 GROUPS = ["tv", "ta", "tva", "va", "vta", "atv"]
 
@@ -47,7 +51,8 @@ def test_forward_returns_features_and_tuple():
     model = tester.create_model(ValorModel)
     inputs = tester.prepare_inputs()
     out = model(**inputs)
-    assert out.text_features.embeds.shape == (3, 7, 16)
+    assert out.text_model_output.embeds.shape == (3, 7, 16)
+    assert torch.equal(out.text_embeds, out.text_model_output.pooler_output)
     torch.testing.assert_close(out.logit_scale, torch.tensor(1 / 0.07))
     assert isinstance(model(**inputs, return_dict=False), tuple)
     with pytest.raises(ValueError, match="at least one"):
@@ -55,15 +60,7 @@ def test_forward_returns_features_and_tuple():
 
 
 def test_clip_video_encoder_applies_post_layernorm_to_every_token():
-    clip = CLIPVisionConfig(
-        hidden_size=24,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        patch_size=8,
-        image_size=32,
-    )
-    tester = ValorModelTester(vision_config=clip)
+    tester = ValorModelTester(vision_config=tiny_clip_vision_config())
     model = tester.create_model(ValorModel)
     assert isinstance(model.vision_model, CLIPVisionModel) and model.config.logit_scale_type == "log_scale"
     videos = tester.prepare_inputs()["pixel_values_videos"]
@@ -84,8 +81,14 @@ def test_retrieval_scores_every_group(group):
     tester = ValorModelTester()
     model = tester.create_model()
     out = model(**tester.prepare_inputs(), group=group, return_loss=True)
-    assert out.scores.shape == (3, 3) and out.logits_per_candidate.shape == (3, 3)
-    torch.testing.assert_close(out.logits_per_query, out.scores * out.logit_scale)
+    rows_name, columns_name = MODALITY_GROUPS[group].logits_names
+    assert getattr(out, rows_name).shape == (3, 3)
+    torch.testing.assert_close(getattr(out, columns_name), getattr(out, rows_name).t())
+    unnamed = {"text", "video", "audio"} - {
+        rows_name[len("logits_per_") :],
+        columns_name[len("logits_per_") :],
+    }
+    assert all(getattr(out, f"logits_per_{name}") is None for name in unnamed)
     assert torch.isfinite(out.loss)
 
 
@@ -98,7 +101,7 @@ def test_retrieval_scores_equal_precomputed_features():
     video = valor.get_video_features(inputs["pixel_values_videos"])
     audio = valor.get_audio_features(inputs["input_features"])
     scores = valor.similarity(*valor.group_features("tva", text=text, video=video, audio=audio))
-    torch.testing.assert_close(model(**inputs, group="tva").scores, scores)
+    torch.testing.assert_close(raw_retrieval_scores(model(**inputs, group="tva"), "tva"), scores)
 
 
 def test_coarse_variant():
@@ -107,13 +110,13 @@ def test_coarse_variant():
     inputs = tester.prepare_inputs()
     for group in ("tv", "ta", "tva", "va"):
         out = model(**inputs, group=group, return_loss=True)
-        assert out.scores.shape == (3, 3) and torch.isfinite(out.loss)
+        assert raw_retrieval_scores(out, group).shape == (3, 3) and torch.isfinite(out.loss)
     with pytest.raises(NotImplementedError, match="coarse"):
         model(**inputs, group="vta")
     text = model.valor.get_text_features(inputs["input_ids"], inputs["attention_mask"])
     video = model.valor.get_video_features(inputs["pixel_values_videos"])
     torch.testing.assert_close(
-        model(**inputs, group="tv").scores, text.pooled_embeds @ video.pooled_embeds.t()
+        raw_retrieval_scores(model(**inputs, group="tv"), "tv"), text.pooler_output @ video.pooler_output.t()
     )
 
 
@@ -122,7 +125,7 @@ def test_missing_audio_sample_is_masked_out():
     model = tester.create_model()
     inputs = tester.prepare_inputs()
     inputs["input_features_mask"][1] = 0
-    scores = model(**inputs, group="ta").scores
+    scores = raw_retrieval_scores(model(**inputs, group="ta"), "ta")
     torch.testing.assert_close(scores[:, 1], torch.zeros(3))
     assert torch.isfinite(model(**inputs, group="tva", return_loss=True).loss)
 
@@ -174,6 +177,81 @@ def test_batch_size_and_slot_errors():
         model(**{**inputs, "pixel_values_videos": torch.randn(3, 3, 32, 32)}, group="tv")
 
 
+def test_empty_batch_is_an_error():
+    tester = ValorModelTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    with pytest.raises(ValueError, match="empty batch"):
+        model(**{k: v[:0] for k, v in inputs.items()}, group="tva")
+
+
+def test_non_finite_inputs_warn():
+    tester = ValorModelTester()
+    model = tester.create_model(ValorModel)
+    inputs = tester.prepare_inputs()
+    pixels = inputs["pixel_values_videos"].clone()
+    pixels[1, 0, 0, 0, 0] = float("nan")
+    with pytest.warns(UserWarning, match="`pixel_values_videos` holds NaN or infinite values"):
+        model.get_video_features(pixels)
+    features = inputs["input_features"].clone()
+    features[0, 0, 0, 0] = float("inf")
+    with pytest.warns(UserWarning, match="`input_features` holds NaN or infinite values"):
+        model.get_audio_features(features)
+
+
+# ------------------------------------------------------------------------------------------ task prompts
+def _valor_l_retrieval(attn="eager"):
+    torch.manual_seed(0)
+    return ValorForRetrieval._from_config(tiny_valor_l_config(), attn_implementation=attn).eval()
+
+
+@torch.no_grad()
+def test_valor_l_text_encoder_runs_with_the_retrieval_prompt():
+    """`ValorForRetrieval(**inputs)` on a VALOR-L config scores the text encoded with "project language in common
+    space" appended, as the reference does, without the caller passing a prompt."""
+    model = _valor_l_retrieval()
+    inputs = ValorModelTester().prepare_inputs()
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    prompt = torch.tensor([TINY_TASK_PROMPT_IDS["retrieval"]]).repeat(3, 1)
+    text = model.valor.get_text_features(ids, mask)
+    hidden = model.valor.text_model(ids, mask, prompt_ids=prompt).last_hidden_state
+    torch.testing.assert_close(text.last_hidden_state, hidden)
+    video = model.valor.get_video_features(inputs["pixel_values_videos"])
+    expected = model.valor.similarity(*model.valor.group_features("tv", text=text, video=video))
+    scores = raw_retrieval_scores(model(**inputs, group="tv"), "tv")
+    torch.testing.assert_close(scores, expected)
+    without = raw_retrieval_scores(model(**inputs, group="tv", use_task_prompt=False), "tv")
+    assert (scores - without).abs().max() > 1e-3  # the prompt changes the scores
+    assert torch.equal(model.valor(**inputs).text_model_output.embeds, text.embeds)
+
+
+@torch.no_grad()
+def test_valor_b_text_encoder_has_no_prompt():
+    tester = ValorModelTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    hidden = model.valor.text_model(ids, mask).last_hidden_state
+    torch.testing.assert_close(model.valor.get_text_features(ids, mask).last_hidden_state, hidden)
+
+
+@torch.no_grad()
+def test_valor_l_retrieval_eager_and_sdpa_agree():
+    inputs = ValorModelTester().prepare_inputs()
+    eager = raw_retrieval_scores(_valor_l_retrieval("eager")(**inputs, group="tva"), "tva")
+    sdpa = raw_retrieval_scores(_valor_l_retrieval("sdpa")(**inputs, group="tva"), "tva")
+    torch.testing.assert_close(eager, sdpa, atol=1e-5, rtol=1e-5)
+
+
+def test_missing_task_prompt_ids_are_named():
+    torch.manual_seed(0)
+    model = ValorForRetrieval(tiny_valor_l_config(task_prompt_ids=None)).eval()
+    inputs = ValorModelTester().prepare_inputs()
+    with pytest.raises(ValueError, match=r"task prompt 'retrieval' .*set_task_prompt_ids"):
+        model(**inputs, group="tv")
+    assert raw_retrieval_scores(model(**inputs, group="tv", use_task_prompt=False), "tv").shape == (3, 3)
+
+
 # ------------------------------------------------------------------------------------------ PreTrainedModel API
 def test_save_load_round_trip_and_auto_classes(tmp_path):
     tester = ValorModelTester()
@@ -197,7 +275,7 @@ def test_save_load_round_trip_and_auto_classes(tmp_path):
             audio=base.get_audio_features(inputs["input_features"]),
         )
     )
-    torch.testing.assert_close(retrieval(**inputs, group="tva").scores, expected)
+    torch.testing.assert_close(raw_retrieval_scores(retrieval(**inputs, group="tva"), "tva"), expected)
     reloaded = ValorForPreTraining.from_pretrained(tmp_path)
     assert (
         reloaded.cls.predictions.decoder.weight is reloaded.valor.text_model.embeddings.word_embeddings.weight
@@ -221,7 +299,7 @@ def test_eager_and_sdpa_give_the_same_scores_and_logits():
             inputs["pixel_values_videos"],
             inputs["input_features"],
         ).logits
-        outputs[attn] = (retrieval(**inputs, group="tva").scores, logits)
+        outputs[attn] = (raw_retrieval_scores(retrieval(**inputs, group="tva"), "tva"), logits)
     torch.testing.assert_close(outputs["eager"][0], outputs["sdpa"][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(outputs["eager"][1], outputs["sdpa"][1], atol=1e-4, rtol=1e-4)
 
@@ -246,8 +324,8 @@ def test_bfloat16_forward():
     tester = ValorModelTester()
     model = tester.create_model().to(torch.bfloat16)
     inputs = tester.prepare_inputs()
-    out = model(**inputs, group="tv")
-    assert out.scores.dtype == torch.bfloat16 and torch.isfinite(out.scores.float()).all()
+    logits = model(**inputs, group="tv").logits_per_text
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
 
 
 def test_text_tower_hidden_states():

@@ -156,7 +156,14 @@ def test_eager_and_sdpa_agree():
     sdpa.load_state_dict(eager.state_dict())
     ids, mask = ValorTextModelTester().prepare_inputs()
     video = torch.randn(2, 5, 32)
-    for kwargs in ({}, {"video_states": video, "is_decoder": True}):
+    prompt = torch.tensor([[1, 11, 12, 2], [1, 21, 2, 0]])  # padded: its mask comes from `prompt != pad`
+    for kwargs in (
+        {},
+        {"video_states": video, "is_decoder": True},
+        {"prompt_ids": prompt},
+        {"prompt_ids": prompt, "video_states": video},
+        {"prompt_ids": prompt, "video_states": video, "is_decoder": True},
+    ):
         a = eager(ids, mask, **kwargs).last_hidden_state
         b = sdpa(ids, mask, **kwargs).last_hidden_state
         torch.testing.assert_close(a[mask.bool()], b[mask.bool()], atol=1e-5, rtol=1e-5)
@@ -179,3 +186,131 @@ def test_bad_inputs():
         model(ids, mask[:, :3])
     with pytest.raises(StrictDataclassFieldValidationError, match="cross_attention_layout"):
         ValorTextConfig(cross_attention_layout="sideways")
+
+
+def test_token_ids_and_positions_beyond_the_embeddings_are_named():
+    config = ValorTextModelTester().get_config()
+    model = ValorTextModel(config).eval()
+    ids, mask = ValorTextModelTester().prepare_inputs()
+    with pytest.raises(
+        ValueError,
+        match=rf"`input_ids` hold token id {config.vocab_size}, .*vocab_size = {config.vocab_size}",
+    ):
+        model(ids.masked_fill(ids == ids[0, 1], config.vocab_size), mask)
+    with pytest.raises(ValueError, match=r"`prompt_ids` hold token id -1"):
+        model(ids, mask, prompt_ids=torch.full((2, 3), -1))
+    too_long = torch.ones((1, config.max_position_embeddings + 1), dtype=torch.long)
+    with pytest.raises(
+        ValueError,
+        match=rf"{config.max_position_embeddings + 1} text positions.*max_position_embeddings = {config.max_position_embeddings}",
+    ):
+        model(too_long)
+
+
+# ----------------------------------------------------------------------------------- prompt attention rule
+def reference_layout_mask(text_valid, prompt_valid, causal):
+    """The self-attention mask as the reference's `model/bert.py` builds it, in ITS layout `[text ; prompt]`:
+    the key mask expanded to every row, then, for a causal call only, `tril` over the text block and the prompt
+    rows cut off from the text columns. Built position by position."""
+    batch, length = text_valid.shape
+    keys = torch.cat([text_valid, prompt_valid], dim=1).bool()
+    total = keys.shape[1]
+    mask = torch.zeros(batch, total, total, dtype=torch.bool)
+    for b in range(batch):
+        for q in range(total):
+            for k in range(total):
+                allowed = bool(keys[b, k])
+                if causal and k < length and (q >= length or k > q):
+                    allowed = False
+                mask[b, q, k] = allowed
+    return mask
+
+
+def to_prompt_first(mask, length):
+    """Reorder a `[text ; prompt]` mask into this project's internal `[prompt ; text]` order."""
+    total = mask.shape[-1]
+    order = torch.cat([torch.arange(length, total), torch.arange(length)])
+    return mask[:, order][:, :, order]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("num_prompt", [0, 3])
+def test_self_attention_mask_matches_the_reference_rule(causal, num_prompt):
+    text_valid = torch.ones(3, 5, dtype=torch.long)
+    text_valid[1, 3:] = 0
+    text_valid[2, 4:] = 0
+    prompt_valid = torch.ones(3, num_prompt, dtype=torch.long)
+    if num_prompt:
+        prompt_valid[2, -1] = 0
+    expected = to_prompt_first(reference_layout_mask(text_valid, prompt_valid, causal), 5)
+    key_padding = torch.cat([prompt_valid, text_valid], dim=1)
+    for query_start in (0, num_prompt + 2):  # a full call, and the queries of a cached call
+        got = build_self_attention_mask(key_padding, num_prompt, query_start, causal)[:, 0]
+        want = expected[:, query_start:]
+        valid_rows = key_padding[:, query_start:].bool()  # rows of padding queries are never read
+        assert torch.equal(got[valid_rows], want[valid_rows])
+
+
+def test_prompt_sees_the_text_only_in_bidirectional_calls():
+    """Encoder (and MLM): prompt and text all see each other. Decoder: the prompt is cut off from the text."""
+    mask = build_self_attention_mask(torch.ones(1, 5), num_prompt_tokens=2, query_start=0, causal=False)[0, 0]
+    assert mask.all()
+    causal = build_self_attention_mask(torch.ones(1, 5), num_prompt_tokens=2, query_start=0, causal=True)[
+        0, 0
+    ]
+    assert not causal[:2, 2:].any() and causal[2:, :2].all()
+
+
+def _bert_encoder_with_appended_prompt(model, ids, mask, prompt, prompt_mask):
+    """transformers' BertModel encoder, with this tower's weights, over `[text ; prompt]` in the reference's order
+    and positions (text 0..L-1, prompt 0..P-1 with the prompt type embedding), every valid token seeing all."""
+    config = model.config
+    bert = BertModel(
+        BertConfig(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=config.num_attention_heads,
+            intermediate_size=config.intermediate_size,
+            max_position_embeddings=config.max_position_embeddings,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            layer_norm_eps=config.layer_norm_eps,
+        ),
+        add_pooling_layer=False,
+    ).eval()
+    state = {
+        k: v
+        for k, v in model.state_dict().items()
+        if "crossattention" not in k and "prompt_embedding" not in k
+    }
+    bert.load_state_dict(state, strict=True)
+    emb = bert.embeddings
+    prompt_states = emb.LayerNorm(
+        emb.word_embeddings(prompt)
+        + emb.position_embeddings.weight[: prompt.shape[1]]
+        + model.embeddings.prompt_embedding.weight[0]
+    )
+    hidden = torch.cat([emb(input_ids=ids), prompt_states], dim=1)
+    keys = torch.cat([mask, prompt_mask], dim=1)
+    additive = (1.0 - keys[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    return bert.encoder(hidden, attention_mask=additive).last_hidden_state[:, : ids.shape[1]]
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_encoder_with_prompt_equals_the_reference_layout(attn):
+    """The prompt placed first internally gives the reference's outputs of the prompt appended after the text."""
+    config = ValorTextModelTester().get_config()
+    config._attn_implementation = attn
+    torch.manual_seed(0)
+    model = ValorTextModel(config).eval()
+    ids, mask = ValorTextModelTester().prepare_inputs()
+    prompt = torch.tensor([[1, 11, 12, 13, 2], [1, 21, 22, 2, 0]])
+    prompt_mask = (prompt != 0).long()
+    got = model(ids, mask, prompt_ids=prompt).last_hidden_state  # the mask comes from `prompt != pad`
+    with torch.no_grad():
+        expected = _bert_encoder_with_appended_prompt(model, ids, mask, prompt, prompt_mask)
+    valid = mask.bool()
+    torch.testing.assert_close(got[valid], expected[valid], atol=1e-5, rtol=1e-5)
+    without = model(ids, mask).last_hidden_state
+    assert not torch.allclose(got[valid], without[valid], atol=1e-3)

@@ -331,4 +331,4 @@ def test_window_attention_matches_naive_loop(tester, size):
             for implementation in ("eager", "sdpa"):
                 model.set_attn_implementation(implementation)
                 expected = naive_block_forward(module, hidden)
-                torch.testing.assert_close(module(hidden, **kwargs), expected, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(module(hidden, **kwargs)[0], expected, atol=1e-5, rtol=1e-5)

@@ -14,50 +14,39 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import try_to_load_from_cache
-from transformers import AutoProcessor, BertTokenizerFast, pipeline
+from transformers import AutoProcessor, GenerationConfig, pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from helpers import tiny_audio_config, tiny_text_config, tiny_valor_config, tiny_video_swin_config
+from helpers import (
+    tiny_audio_config,
+    tiny_processor,
+    tiny_text_config,
+    tiny_valor_config,
+    tiny_video_swin_config,
+)
 from media import write_video
 from transformers_valor import (
     MODALITY_GROUPS,
-    ValorFeatureExtractor,
     ValorForConditionalGeneration,
     ValorForRetrieval,
     ValorModel,
     ValorProcessor,
-    ValorVideoProcessor,
 )
+from transformers_valor.configuration_valor import tokenize_task_prompts
 from transformers_valor.pipelines import (
     VALOR_PIPELINES,
     AudioVisualCaptioningPipeline,
     AudioVisualQuestionAnsweringPipeline,
     AudioVisualRetrievalPipeline,
+    PipelineInputError,
+    PipelineInputNotFoundError,
     VideoGallery,
     register_pipelines,
 )
+from transformers_valor.retrieval import GalleryIndex, GalleryMismatchError
 from transformers_valor.testing_utils import offline_hub_cache, populate_hub_cache
 
 REPO_ID = "org/valor-tiny"
-WORDS = ["a", "dog", "cat", "man", "what", "is", "the", "playing", "guitar", "barks", "sound", "of"]
-
-
-def tiny_processor() -> ValorProcessor:
-    """A processor matching `tiny_valor_config`: vocabulary of 99 (special ids 0-3), 4 frames of 32 px, 2 audio
-    clips of 16 mel bins x 32 frames (the tiny audio ViT's `image_size`)."""
-    words = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"] + WORDS
-    words += [f"w{i}" for i in range(99 - len(words))]
-    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
-    video_processor = ValorVideoProcessor(num_frames=4, size={"height": 32, "width": 32})
-    feature_extractor = ValorFeatureExtractor(
-        num_mel_bins=16, clip_length=32, num_clips=2, sampling_rate=16000
-    )
-    return ValorProcessor(
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        feature_extractor=feature_extractor,
-        max_text_length=16,
-    )
 
 
 def input_sensitive_config():
@@ -130,13 +119,16 @@ class GenerateSpy:
 
 
 def direct_generate(
-    model, processor, videos, modalities="both", prompts=None, **generate_kwargs
+    model, processor, videos, modalities="both", prompts=None, questions=None, **generate_kwargs
 ) -> list[str]:
-    """Captions computed without the pipeline."""
+    """Captions (or, with `questions`, answers) computed without the pipeline."""
     if modalities == "audio":
-        inputs = processor(audios=videos, prompts=prompts)
+        inputs = processor(audio=videos, prompts=prompts or questions)
     else:
-        inputs = processor(videos=videos, prompts=prompts, audio_from_video=modalities == "both")
+        inputs = processor(videos=videos, prompts=prompts or questions, audio_from_video=modalities == "both")
+    if questions is not None:
+        inputs["question_ids"] = inputs.pop("prompt_ids")
+        inputs["question_attention_mask"] = inputs.pop("prompt_attention_mask")
     with torch.no_grad():
         ids = model.generate(**inputs, modalities=modalities, **generate_kwargs)
     return processor.batch_decode(ids)
@@ -219,7 +211,7 @@ def test_captioning_generation_settings(assets, monkeypatch):
     monkeypatch.setattr(captioner.model, "generate", spy)
     captioner(assets["videos"][0])
     assert spy.calls[-1]["num_beams"] == 2  # set at construction
-    assert spy.calls[-1]["max_new_tokens"] == 30  # VALOR's default
+    assert captioner.model.generation_config.max_new_tokens == 30  # VALOR's default, from the model
     captioner(assets["videos"][0], num_beams=4, do_sample=True, top_p=0.9, max_new_tokens=7)
     call = spy.calls[-1]
     assert (call["num_beams"], call["do_sample"], call["top_p"], call["max_new_tokens"]) == (4, True, 0.9, 7)
@@ -231,36 +223,50 @@ def test_captioning_generation_settings(assets, monkeypatch):
     default = pipeline("audiovisual-captioning", model=assets["folder"])
     monkeypatch.setattr(default.model, "generate", spy)
     default(assets["videos"][0])
-    assert spy.calls[-1]["num_beams"] == 3  # VALOR's captioning beam size
+    generation = default.model.generation_config  # VALOR's decoding, carried by the saved model
+    assert (generation.num_beams, generation.max_new_tokens, generation.length_penalty) == (3, 30, 0.0)
+    assert generation.beam_ranking == "valor"
+    # A model without VALOR's generation config gets the pipeline's defaults: VALOR's decoding again.
+    monkeypatch.setattr(default.model, "generation_config", GenerationConfig())
+    default(assets["videos"][0])
+    call = spy.calls[-1]
+    assert (call["num_beams"], call["max_new_tokens"], call["length_penalty"], call["beam_ranking"]) == (
+        3,
+        30,
+        0.0,
+        "valor",
+    )
 
 
 def test_captioning_task_prompt(captioner, assets, monkeypatch):
     spy = GenerateSpy()
     monkeypatch.setattr(captioner.model, "generate", spy)
     captioner(assets["videos"][0])
-    assert spy.calls[-1].get("prompt_ids") is None  # use_task_prompt is off
-
-    config = captioner.model.config
-    monkeypatch.setattr(config, "use_task_prompt", True)
-    monkeypatch.setattr(config, "task_prompt", "what is the sound of")
-    captioner(assets["videos"][0])
-    expected = assets["processor"](prompts=["what is the sound of"])["prompt_ids"]
-    assert torch.equal(spy.calls[-1]["prompt_ids"], expected)
+    assert spy.calls[-1].get("prompt_ids") is None  # the model adds its task prompt itself (VALOR-L)
+    assert "use_task_prompt" not in spy.calls[-1]
     captioner(assets["videos"][0], prompt="a man playing")
     assert torch.equal(
         spy.calls[-1]["prompt_ids"], assets["processor"](prompts=["a man playing"])["prompt_ids"]
     )
     captioner(assets["videos"][0], prompt="")
-    assert spy.calls[-1].get("prompt_ids") is None
+    assert spy.calls[-1].get("prompt_ids") is None and spy.calls[-1]["use_task_prompt"] is False
 
 
 def test_captioning_task_prompt_matches_model_generate(captioner, assets, monkeypatch):
-    monkeypatch.setattr(captioner.model.config, "use_task_prompt", True)
+    """VALOR-L: the pipeline's caption is decoded with the `captioning` task prompt, as `generate` adds it."""
+    config = captioner.model.config
+    monkeypatch.setattr(config, "use_task_prompt", True)
+    prompt_ids = tokenize_task_prompts(assets["processor"].tokenizer, config.task_prompts)
+    monkeypatch.setattr(config, "task_prompt_ids", prompt_ids)
     video = assets["videos"][2]
-    prompt = captioner.model.config.task_prompt
     out = captioner(video, max_new_tokens=4, num_beams=2)
     expected = direct_generate(
-        assets["model"], assets["processor"], [video], prompts=[prompt], max_new_tokens=4, num_beams=2
+        assets["model"],
+        assets["processor"],
+        [video],
+        prompts=[config.task_prompts["captioning"]],
+        max_new_tokens=4,
+        num_beams=2,
     )
     assert out == [{"generated_text": expected[0]}]
 
@@ -288,7 +294,7 @@ def test_question_answering_matches_greedy_generate(answerer, assets):
     video, question = assets["videos"][0], "what is the dog playing"
     out = answerer(video, question, max_new_tokens=5)
     expected = direct_generate(
-        assets["model"], assets["processor"], [video], prompts=[question], max_new_tokens=5, num_beams=1
+        assets["model"], assets["processor"], [video], questions=[question], max_new_tokens=5, num_beams=1
     )
     assert out == [{"answer": expected[0]}]
     assert answerer({"video": video, "question": question}, max_new_tokens=5) == out
@@ -300,11 +306,31 @@ def test_question_answering_is_greedy_by_default(answerer, assets, monkeypatch):
     monkeypatch.setattr(answerer.model.generation_config, "num_beams", 3)
     answerer(assets["videos"][0], "what is the man playing")
     call = spy.calls[-1]
-    assert (call["num_beams"], call["do_sample"], call["max_new_tokens"]) == (1, False, 30)
+    assert (call["num_beams"], call["do_sample"]) == (1, False)
+    assert answerer.model.generation_config.max_new_tokens == 30
     expected = assets["processor"](prompts=["what is the man playing"])["prompt_ids"]
-    assert torch.equal(call["prompt_ids"], expected)
+    assert torch.equal(call["question_ids"], expected) and "prompt_ids" not in call
     answerer(assets["videos"][0], "what is the man playing", num_beams=2)
     assert spy.calls[-1]["num_beams"] == 2
+
+
+def test_question_answering_composes_the_task_prompt(answerer, assets, monkeypatch):
+    """VALOR-L: the answer is decoded from `[CLS] answer the question q1 .. [SEP]`, composed by the model."""
+    config = answerer.model.config
+    monkeypatch.setattr(config, "use_task_prompt", True)
+    monkeypatch.setattr(
+        config, "task_prompt_ids", tokenize_task_prompts(assets["processor"].tokenizer, config.task_prompts)
+    )
+    video, question = assets["videos"][1], "what is the dog playing"
+    out = answerer(video, question, max_new_tokens=5)
+    question_ids = assets["processor"](prompts=[question])["prompt_ids"]
+    composed = torch.cat(
+        [question_ids[:, :1], torch.tensor([config.task_prompt_ids["qa"][1:-1]]), question_ids[:, 1:]], 1
+    )
+    inputs = assets["processor"](videos=[video])
+    with torch.no_grad():
+        ids = assets["model"].generate(**inputs, prompt_ids=composed, max_new_tokens=5, num_beams=1)
+    assert out == [{"answer": assets["processor"].batch_decode(ids)[0]}]
 
 
 @pytest.mark.parametrize("batch_size", [1, 2])
@@ -314,7 +340,7 @@ def test_question_answering_batch(answerer, assets, batch_size):
     out = answerer(videos, questions, max_new_tokens=4, batch_size=batch_size)
     expected = [
         direct_generate(
-            assets["model"], assets["processor"], [v], prompts=[q], max_new_tokens=4, num_beams=1
+            assets["model"], assets["processor"], [v], questions=[q], max_new_tokens=4, num_beams=1
         )[0]
         for v, q in zip(videos, questions)
     ]
@@ -403,6 +429,42 @@ def test_retrieval_gallery_reuse_does_not_encode(retriever, assets, monkeypatch)
         retriever("a dog", videos=gallery, group="tva")
 
 
+def test_retrieval_on_a_saved_gallery(retriever, assets, tmp_path, monkeypatch):
+    queries = ["a dog barks", "a man playing the guitar"]
+    expected = {g: retriever(queries, videos=assets["videos"], group=g) for g in ("tv", "ta", "tva")}
+    path = tmp_path / "gallery"
+    retriever.encode_videos(assets["videos"], path=path, video_batch_size=2)
+    gallery = VideoGallery.load(path)
+    for group in ("tv", "ta", "tva"):
+        assert_same_ranking(retriever(queries, videos=str(path), group=group), expected[group])  # exhaustive
+        gallery.build_index(group, index_type="flat")
+    searched = []
+    original = GalleryIndex.search
+    monkeypatch.setattr(
+        GalleryIndex, "search", lambda self, *a: (searched.append(self.group), original(self, *a))[1]
+    )
+    monkeypatch.setattr(retriever.valor, "get_video_features", None)  # nothing is encoded again
+    for group in ("tv", "ta", "tva"):
+        assert_same_ranking(
+            retriever(queries, videos=str(path), group=group, num_candidates=3), expected[group]
+        )
+        top = retriever(queries, videos=VideoGallery.load(path), group=group, top_k=2, num_candidates=3)
+        assert_same_ranking(top, [row[:2] for row in expected[group]])
+        assert_same_ranking(retriever(queries, videos=path, group=group, exhaustive=True), expected[group])
+    assert searched == ["tv", "tv", "ta", "ta", "tva", "tva"]  # two stages whenever an index exists
+    with pytest.raises(ValueError, match="cannot exceed"):
+        retriever("a dog", videos=str(path), top_k=3, num_candidates=2)
+    with pytest.raises(FileNotFoundError, match="not a saved gallery"):
+        retriever("a dog", videos=str(tmp_path))
+    built_with = pipeline("audiovisual-retrieval", model=assets["folder"], videos=str(path), group="ta")
+    assert_same_ranking([built_with("a dog barks")], [expected["ta"][0]])
+    other = pipeline(
+        "audiovisual-retrieval", model=ValorModel(tiny_valor_config()), processor=assets["processor"]
+    )
+    with pytest.raises(GalleryMismatchError, match="another model"):
+        other("a dog", videos=str(path))
+
+
 def test_retrieval_top_k_and_single_query(retriever, assets):
     videos = assets["videos"]
     single = retriever("a dog", videos=videos, top_k=2)
@@ -442,6 +504,54 @@ def test_missing_file_is_named(captioner, answerer, retriever, assets, tmp_path)
         answerer(missing, "what is it")
     with pytest.raises(FileNotFoundError, match="nowhere.mp4"):
         retriever("a dog", videos=[assets["videos"][0], missing])
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_a_bad_input_keeps_the_finished_work_and_is_named_by_position(
+    captioner, assets, tmp_path, batch_size
+):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"this is not a video")
+    videos = [assets["videos"][0], assets["videos"][1], str(broken), assets["videos"][2]]
+    settings = {"max_new_tokens": 3, "num_beams": 1, "batch_size": batch_size}
+    expected = [captioner(v, **settings) for v in (videos[0], videos[1], videos[3])]
+    with pytest.raises(PipelineInputError, match=r"input 2 of 4 \('.*broken\.mp4'\)") as error:
+        captioner(videos, **settings)
+    assert error.value.index == 2 and error.value.results[:2] == expected[:2]
+    out = captioner(videos, return_errors=True, **settings)
+    assert [out[0], out[1], out[3]] == expected
+    assert isinstance(out[2], PipelineInputError) and out[2].index == 2 and out[2].input == str(broken)
+
+
+def test_retrieval_names_a_bad_video_by_position_and_keeps_the_encoded_ones(retriever, assets, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"this is not a video")
+    videos = [assets["videos"][0], assets["videos"][1], str(broken), assets["videos"][2]]
+    with pytest.raises(PipelineInputError, match=r"input 2 of 4 \('.*broken\.mp4'\)") as error:
+        retriever("a dog", videos=videos, video_batch_size=2)
+    assert error.value.index == 2 and len(error.value.results) == 3  # the gallery of the other three
+    gallery = retriever.encode_videos(videos, video_batch_size=2, return_errors=True)
+    assert len(gallery) == 3 and [f["path"] for f in gallery.failures()] == [str(broken)]
+    ranked = retriever("a dog", videos=gallery)
+    assert sorted(r["video"] for r in ranked) == sorted(videos[:2] + videos[3:])
+    with pytest.raises(PipelineInputNotFoundError, match=r"input 1 of 2 \('.*gone\.mp4'\)"):
+        retriever("a dog", videos=[videos[0], str(tmp_path / "gone.mp4")])
+    # One path is one video, not a sequence of one-letter paths.
+    assert [r["video"] for r in retriever("a dog", videos=videos[0])] == [videos[0]]
+
+
+def test_question_answering_reports_the_bad_pair(answerer, assets, tmp_path):
+    video = assets["videos"][0]
+    pairs = [
+        {"video": video, "question": "what is"},
+        {"video": str(tmp_path / "gone.mp4"), "question": "what"},
+    ]
+    out = answerer(pairs, return_errors=True, max_new_tokens=2)
+    assert out[0] == answerer(video, "what is", max_new_tokens=2)
+    assert isinstance(out[1], PipelineInputNotFoundError) and isinstance(out[1], FileNotFoundError)
+    assert "input 1 of 2" in str(out[1]) and "gone.mp4" in str(out[1])
+    single = answerer({"video": video, "question": " "}, return_errors=True)
+    assert isinstance(single, PipelineInputError) and "non-empty" in str(single)
 
 
 def test_invalid_arguments(captioner, answerer, retriever, assets):

@@ -85,7 +85,7 @@ class TestValorProcessor(ValorProcessorTester):
 
     def test_matches_components(self, media):
         processor = self.get_processor()
-        out = processor(videos=media["webm"], audios=media["wav"])
+        out = processor(videos=media["webm"], audio=media["wav"])
         video = processor.video_processor(media["webm"])["pixel_values_videos"]
         audio = processor.feature_extractor(media["wav"])
         torch.testing.assert_close(out["pixel_values_videos"], video)
@@ -97,16 +97,29 @@ class TestValorProcessor(ValorProcessorTester):
         out = processor(text=["a man " * 20, "a dog"])
         assert out["input_ids"].shape == (2, 7)  # [CLS] + 5 + [SEP]
         assert out["input_ids"][0, -1].item() == 3 and out["input_ids"][1].tolist()[-2:] == [0, 0]
-        padded = processor(text="a dog", padding="max_length", max_text_length=8)
+        # The tokenizer's arguments, with its meaning: `max_length` counts [CLS] and [SEP].
+        padded = processor(text="a dog", padding="max_length", max_length=10)
         assert padded["input_ids"].shape == (1, 10) and padded["attention_mask"].sum().item() == 4
+        assert processor(text="a man " * 20, max_length=4)["input_ids"].shape == (1, 4)
+        untruncated = processor(text="a man " * 20, truncation=False)
+        assert untruncated["input_ids"].shape == (1, 42)
         assert "token_type_ids" not in out
+
+    def test_call_arguments_follow_processor_mixin(self, media):
+        processor = self.get_processor()
+        out = processor(text="a dog", audio=media["wav"])  # `audio=`, as ProcessorMixin, CLAP and PE-AV
+        assert out["input_features"].shape == (1, 2, 64, 64)
+        with pytest.raises(TypeError, match=r"\['audios'\]"):
+            processor(text="a dog", audios=media["wav"])
+        with pytest.raises(TypeError, match="per call, pass the tokenizer's `max_length`"):
+            processor(text="a dog", max_text_length=8)
 
     def test_decoded_videos_get_no_audio(self):
         processor = self.get_processor()
         frames = np.zeros((6, 20, 20, 3), dtype=np.uint8)
         out = processor(videos=[frames, frames], return_tensors="np")
         assert set(out) == {"pixel_values_videos"} and out["pixel_values_videos"].shape == (2, 4, 3, 32, 32)
-        with_audio = processor(videos=frames, audios=np.zeros(22050, dtype=np.float32))
+        with_audio = processor(videos=frames, audio=np.zeros(22050, dtype=np.float32))
         assert with_audio["input_features"].shape == (1, 2, 64, 64)
         only_video = processor(videos=frames, audio_from_video=False, num_frames=2)
         assert only_video["pixel_values_videos"].shape == (1, 2, 3, 32, 32)
@@ -169,7 +182,7 @@ class TestProcessorErrors(ValorProcessorTester):
 
     def test_mismatched_audio_count(self, media):
         with pytest.raises(ValueError, match="2 videos but 1 audios"):
-            self.get_processor()(videos=[media["mp4"], media["webm"]], audios=[media["wav"]])
+            self.get_processor()(videos=[media["mp4"], media["webm"]], audio=[media["wav"]])
 
     def test_missing_video_is_named(self, media, tmp_path):
         with pytest.raises(FileNotFoundError, match="absent.mp4"):
@@ -180,3 +193,29 @@ class TestProcessorErrors(ValorProcessorTester):
             self.get_processor()(videos=[media["mp4"], media["garbage"], media["webm"], media["truncated"]])
         assert [e.index for e in info.value.errors] == [1, 3]
         assert "garbage.mp4" in str(info.value) and "truncated.mp4" in str(info.value)
+
+    def test_one_stereo_waveform_goes_with_one_caption(self):
+        stereo = np.random.default_rng(0).standard_normal((2, 48000)).astype("f4")
+        out = self.get_processor()(text="a dog", audio=stereo, sampling_rate=16000)
+        assert out["input_ids"].shape[0] == 1 and out["input_features"].shape[0] == 1
+
+    @pytest.mark.parametrize(
+        "kwargs, error, match",
+        [
+            ({"text": []}, ValueError, r"`text` is an empty list"),
+            ({"text": ["a dog", None]}, TypeError, r"`text\[1\]` is None, not a string"),
+            ({"prompts": []}, ValueError, r"`prompts` is an empty list"),
+            ({"videos": []}, ValueError, r"`videos` is empty"),
+            ({"audio": []}, ValueError, r"`audio` is an empty list"),
+            ({"videos": [np.zeros((2, 8, 8, 3), np.uint8), None]}, TypeError, r"`videos\[1\]` is None"),
+            ({"videos": np.zeros((8, 8, 3), np.uint8)}, ValueError, r"`videos` has shape \(8, 8, 3\)"),
+            ({"videos": 3}, TypeError, r"`videos` must be a video path"),
+        ],
+    )
+    def test_empty_and_malformed_inputs_are_named(self, kwargs, error, match):
+        with pytest.raises(error, match=match):
+            self.get_processor()(**kwargs)
+
+    def test_missing_processor_folder_is_named(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match=r"No processor folder .*nowhere/processor"):
+            ValorProcessor.from_pretrained(str(tmp_path / "nowhere" / "processor"))

@@ -48,6 +48,12 @@ def test_training_scripts_share_one_command_line(script, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         run_example(monkeypatch, script, "--help")
     usage = capsys.readouterr().out
-    for option in ("--config", "--set", "--resume_from_checkpoint", "--stop_after_steps"):
+    for option in (
+        "--config",
+        "--set",
+        "--resume_from_checkpoint",
+        "--stop_after_steps",
+        "--overwrite_output_dir",
+    ):
         assert option in usage
     assert ("--skip_eval" in usage) == (script != "pretrain.py")

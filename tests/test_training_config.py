@@ -45,3 +45,56 @@ def test_config_validates_the_task(tiny_processor_dir):
     values["scst"] = {"enabled": True}
     with pytest.raises(ValueError, match="scst"):
         config_from_dict(values)
+
+
+def test_mlm_groups_are_typed_per_dataset_fields_of_pretraining(tiny_processor_dir):
+    values = tiny_run(Path("."), tiny_processor_dir, Path("."))
+    values["datasets"][0]["mlm_groups"] = ["tv"]  # VALOR-L's `pt_contra%tv_caption%tv_mlm%tv`
+    assert config_from_dict(values).datasets[0].mlm_groups == ["tv"]
+    values["task"] = "retrieval"
+    with pytest.raises(ValueError, match="`mlm_groups`.*apply to `task: pretrain`"):
+        config_from_dict(values)
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        (
+            "training.max_steps='ten'",
+            r"`training\.max_steps`: expected an integer or null, got 'ten' \(str\)",
+        ),
+        ("training.max_steps=2.5", r"`training\.max_steps`: expected an integer or null, got 2\.5 \(float\)"),
+        ("optimizer.learning_rate=fast", r"`optimizer\.learning_rate`: expected a number, got 'fast'"),
+        ("optimizer.betas=[0.9]", r"`optimizer\.betas` must be two numbers in \[0, 1\), got \[0\.9\]"),
+        ("optimizer.betas=[0.9, b]", r"`optimizer\.betas`: expected a list of numbers, got \[0\.9, 'b'\]"),
+        ("data.per_device_batch_size=0", r"`data\.per_device_batch_size` must be >= 1, got 0"),
+        (
+            "training.report_to=tensorboard",
+            r"`training\.report_to`: expected a list of strings, got 'tensorboard'",
+        ),
+        ("training.checkpoint_every=0", r"`training\.checkpoint_every` must be >= 1 \(or unset\), got 0"),
+        ("training.progress_bar=1", r"`training\.progress_bar`: expected true or false, got 1 \(int\)"),
+        (
+            "data.cache_dtype=int8",
+            r"`data\.cache_dtype`: expected one of \['float16', 'bfloat16', 'float32'\]",
+        ),
+        ("datasets.0.num_frames=two", r"`datasets\[0\]\.num_frames`: expected an integer, got 'two'"),
+        ("scst.temperature=hot", r"`scst\.temperature`: expected a number, got 'hot'"),
+        ("training=7", r"`training` must be a mapping of settings, got 7"),
+    ],
+)
+def test_config_values_of_the_wrong_type_fail_at_load_time(tmp_path, override, match):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(tiny_run(Path("corpus"), Path("proc"), tmp_path)))
+    with pytest.raises(ValueError, match=match):
+        load_config(path, [override])
+
+
+def test_config_accepts_integers_for_floats_and_float_caches(tmp_path):
+    values = tiny_run(Path("corpus"), Path("proc"), tmp_path, optimizer={"learning_rate": 1})
+    config = config_from_dict(values)
+    assert config.optimizer.learning_rate == 1.0 and isinstance(config.optimizer.learning_rate, float)
+    values["data"]["cache_dtype"] = "bfloat16"
+    assert config_from_dict(values).data.cache_dtype == "bfloat16"
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        LoopArguments(checkpoint_every=0)  # also when built in Python

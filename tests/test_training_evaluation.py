@@ -12,6 +12,7 @@ import torch
 
 from helpers import tiny_audio_config, tiny_text_config, tiny_valor_config
 from transformers_valor import ValorForConditionalGeneration, ValorForRetrieval, ValorModel, ValorProcessor
+from transformers_valor.configuration_valor import tokenize_task_prompts
 from transformers_valor.data.datasets import DatasetConfig, load_video_text_dataset
 from transformers_valor.metrics import retrieval_ranks
 from transformers_valor.training.evaluation import (
@@ -259,10 +260,10 @@ def test_question_answering_evaluation_scores_known_answers(
     answers = [json.loads(line)["answer"] for line in qa_file.read_text().splitlines()]
     calls = {"n": 0}
 
-    def known_generate(self, prompt_ids=None, **kwargs):
-        assert prompt_ids is not None and kwargs["num_beams"] == 1
+    def known_generate(self, question_ids=None, **kwargs):
+        assert question_ids is not None and kwargs["num_beams"] == 1 and "prompt_ids" not in kwargs
         out = []
-        for _ in processor.batch_decode(prompt_ids):
+        for _ in processor.batch_decode(question_ids):
             out.append(answers[calls["n"]].upper() + "!")  # cleaning makes these match
             calls["n"] += 1
         return processor(text=out, return_tensors="pt")["input_ids"]
@@ -295,3 +296,55 @@ def test_undecodable_sample_is_left_out_and_reported(tiny_corpus, processor, tmp
     assert audio.modalities == ("audio",) and len(audio) == 3
     with pytest.raises(ValueError, match="no video"):
         audio.inputs(0, 2, ("video",))
+
+
+# ------------------------------------------------------------------------------------- VALOR-L task prompts
+def _with_task_prompts(model, processor, monkeypatch):
+    config = model.config
+    monkeypatch.setattr(config, "use_task_prompt", True)
+    monkeypatch.setattr(
+        config, "task_prompt_ids", tokenize_task_prompts(processor.tokenizer, config.task_prompts)
+    )
+    return config
+
+
+@torch.no_grad()
+def test_retrieval_evaluation_encodes_queries_with_the_retrieval_prompt(retriever, processor, monkeypatch):
+    config = _with_task_prompts(retriever, processor, monkeypatch)
+    texts = ["a red circle moves left", "a blue square"]
+    features = encode_texts(retriever.valor, processor, texts)
+    tokens = processor(text=texts, return_tensors="pt")
+    prompt = torch.tensor([config.task_prompt_ids["retrieval"]]).repeat(2, 1)
+    expected = retriever.valor.get_text_features(
+        tokens["input_ids"], tokens["attention_mask"], prompt_ids=prompt
+    )
+    torch.testing.assert_close(features.embeds, expected.embeds)
+    plain = retriever.valor.get_text_features(
+        tokens["input_ids"], tokens["attention_mask"], use_task_prompt=False
+    )
+    assert not torch.allclose(features.embeds, plain.embeds, atol=1e-4)
+
+
+@torch.no_grad()
+def test_caption_and_qa_evaluation_decode_with_the_task_prompts(
+    tiny_corpus, processor, captioner, cache_dir, monkeypatch
+):
+    config = _with_task_prompts(captioner, processor, monkeypatch)
+    eval_set = decode_evaluation_set(tiny_test_split(tiny_corpus), processor, cache_dir)
+    kwargs = dict(num_beams=2, max_new_tokens=4)
+    captions = generate_texts(captioner, processor, eval_set, "tv", batch_size=4, **kwargs)
+    inputs = eval_set.inputs(0, 4, ("video",))
+    prompt = torch.tensor([config.task_prompt_ids["captioning"]]).repeat(4, 1)
+    ids = captioner.generate(**inputs, prompt_ids=prompt, modalities="video", **kwargs)
+    assert list(captions.values()) == processor.batch_decode(ids, skip_special_tokens=True)
+    questions = ["which color is the shape"] * 4
+    answers = generate_texts(
+        captioner, processor, eval_set, "tv", questions, batch_size=4, num_beams=1, max_new_tokens=3
+    )
+    question_ids = processor(prompts=questions, return_tensors="pt")["prompt_ids"]
+    composed, _ = captioner.question_prompt(question_ids)
+    assert (
+        composed[0, 1 : len(config.task_prompt_ids["qa"]) - 1].tolist() == config.task_prompt_ids["qa"][1:-1]
+    )
+    ids = captioner.generate(**inputs, prompt_ids=composed, modalities="video", num_beams=1, max_new_tokens=3)
+    assert list(answers.values()) == processor.batch_decode(ids, skip_special_tokens=True)

@@ -117,5 +117,5 @@ def test_two_process_ddp_on_cpu(ddp_runs):
     metrics = losses_by_step(ddp_runs / "pretrain")
     assert sorted(metrics) == [1, 2, 3] and all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     assert [p.name for p in list_checkpoints(ddp_runs / "pretrain")] == ["checkpoint-2", "checkpoint-3"]
-    assert (ddp_runs / "pretrain" / "checkpoints" / "checkpoint-3" / "random_states_1.pkl").is_file()
+    assert (ddp_runs / "pretrain" / "checkpoints" / "checkpoint-3" / "rng_state_1.safetensors").is_file()
     assert ValorForPreTraining.from_pretrained(ddp_runs / "pretrain" / "final") is not None

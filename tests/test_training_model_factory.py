@@ -21,6 +21,19 @@ def test_from_scratch_vocabulary_follows_the_tokenizer(tiny_processor_dir):
     )
 
 
+def test_task_prompt_ids_come_from_the_tokenizer(tiny_processor_dir):
+    processor = ValorProcessor.from_pretrained(tiny_processor_dir)
+    model = build_model(
+        ModelArguments(processor=str(tiny_processor_dir), config=tiny_model_config()), processor
+    )
+    ids = model.config.task_prompt_ids
+    assert set(ids) == set(model.config.task_prompts)
+    assert ids["captioning"] == processor.tokenizer(model.config.task_prompts["captioning"])["input_ids"]
+    config = ValorConfig(**{**model.config.to_dict(), "task_prompt_ids": {**ids, "qa": [1, 5, 2]}})
+    with pytest.raises(ValueError, match="task prompt 'qa' is \\[1, 5, 2\\] in the model"):
+        check_processor_matches_model(processor, config)
+
+
 def test_processor_model_mismatch_is_named(tiny_processor_dir):
     processor = ValorProcessor.from_pretrained(tiny_processor_dir)
     config = ValorConfig(

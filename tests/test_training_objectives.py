@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distributed_training_worker import build_model, global_batch
-from helpers import ValorInputsTester, tiny_valor_config
+from helpers import ValorInputsTester, tiny_valor_config, tiny_valor_l_config
 from training_helpers import (
     first_and_last,
     read_metrics,
@@ -20,7 +20,8 @@ from training_helpers import (
 from transformers_valor import ValorForConditionalGeneration, ValorForRetrieval, ValorModel, ValorProcessor
 from transformers_valor.data.collator import ValorTrainingCollator
 from transformers_valor.data.datasets import DatasetConfig, SampleRef, load_mixture
-from transformers_valor.data.masking import CaptionMaskingConfig
+from transformers_valor.data.masking import CaptionMaskingConfig, mask_captions
+from transformers_valor.losses import QuestionAnsweringLoss
 from transformers_valor.metrics import CiderD
 from transformers_valor.training import (
     PretrainingObjective,
@@ -54,13 +55,16 @@ def test_pretraining_objective_is_the_model_loss_on_one_process():
     torch.testing.assert_close(out.loss, reference.loss)
     torch.testing.assert_close(out.components["mga"], reference.contrastive_loss)
     torch.testing.assert_close(out.components["mgc"], reference.caption_loss)
-    assert set(out.components) == {"mga", "mgc", *reference.group_losses}
+    torch.testing.assert_close(out.components["mlm"], reference.mlm_loss)
+    assert set(out.components) == {"mga", "mgc", "mlm", *reference.group_losses}
+    assert {"mlm_tva", "mlm_tv", "mlm_ta"} <= set(out.components)
     with pytest.raises(TypeError, match="ValorForPreTraining"):
         PretrainingObjective(ValorForRetrieval(tiny_valor_config()))
 
 
 def test_two_process_gradients_equal_single_process(ddp_runs):
-    """MGA negatives come from the global batch: 2 gloo processes reproduce the 1-process loss and gradients."""
+    """MGA negatives come from the global batch and MGC / MLM are normalised by the global label counts: 2 gloo
+    processes reproduce the 1-process loss and gradients."""
     distributed = torch.load(ddp_runs / "gradients.pt")
     objective = PretrainingObjective(build_model())
     out = objective(global_batch(objective.model))
@@ -110,6 +114,35 @@ def test_retrieval_finetuning_lowers_mga_loss(retrieval_run):
 
 
 # ------------------------------------------------------------------------------------------------- captioning
+
+
+def test_question_answering_objective_composes_the_prompt_and_uses_the_qa_loss():
+    torch.manual_seed(0)
+    model = ValorForConditionalGeneration(tiny_valor_l_config()).eval()
+    inputs = ValorInputsTester().prepare_inputs()
+    masking = CaptionMaskingConfig.from_model_config(model.config.text_config, mask_probability=0.99)
+    decoder_ids, labels = mask_captions(inputs["input_ids"], masking, torch.Generator().manual_seed(0))
+    questions = torch.tensor([[1, 7, 8, 2], [1, 9, 2, 0], [1, 10, 11, 2]])
+    batch = {
+        **inputs,
+        "caption_input_ids": decoder_ids,
+        "labels": labels,
+        "question_ids": questions,
+        "question_attention_mask": (questions != 0).long(),
+        "caption_groups": ["tv"],
+    }
+    out = build_objective("qa", model)(batch)
+    prompt, prompt_mask = model.question_prompt(questions)  # [CLS] answer the question q.. (VALOR-L)
+    logits = model(
+        decoder_ids,
+        inputs["attention_mask"],
+        inputs["pixel_values_videos"],
+        prompt_ids=prompt,
+        prompt_attention_mask=prompt_mask,
+    ).logits
+    torch.testing.assert_close(out.loss, QuestionAnsweringLoss("unimlm")(logits, labels))
+    with pytest.raises(ValueError, match="question_ids"):
+        build_objective("qa", model)({k: v for k, v in batch.items() if not k.startswith("question")})
 
 
 def test_captioning_cross_entropy_lowers_loss_and_evaluates(tiny_corpus, tiny_processor_dir, tmp_path):

@@ -1,6 +1,7 @@
 """Tests of ValorVideoProcessor and the video half of media_io, on files written by tests/media.py."""
 
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
-from media import level_to_index, make_test_media, write_long_video
+from media import level_to_index, make_test_media, write_long_video, write_vfr_video
 from transformers_valor import ValorConfig, ValorVideoProcessor
 from transformers_valor.media_io import MediaBatchError, segment_indices
 from transformers_valor.video_processing_valor import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
@@ -91,6 +92,20 @@ class TestValorVideoProcessor(ValorVideoProcessorTester):
         assert picked_indices(pixels[0]) == [i % 24 for i in expected.tolist()]
 
     @pytest.mark.parametrize("backend", BACKENDS)
+    def test_variable_frame_rate_is_sampled_by_time(self, tmp_path, backend):
+        # 10 frames at 10 fps, then 10 at 2.5 fps: counting frames would put half the samples in the first second.
+        times_ms = [100 * k for k in range(10)] + [1000 + 400 * k for k in range(10)]
+        video = write_vfr_video(tmp_path / "vfr.mp4", times_ms)
+        out = self.get_processor()(str(video), video_backend=backend, return_metadata=True)
+        metadata = out["video_metadata"][0]
+        assert metadata.total_num_frames == 20 and metadata.frames_indices.tolist() == [2, 7, 12, 17]
+        # Index i stands for the time i / fps (fps = 20 frames / 4.1 s); the frame shown nearest to it is taken.
+        targets = np.array([2, 7, 12, 17]) / metadata.fps
+        expected = [int(np.argmin(np.abs(np.array(times_ms) / 1000 - t))) for t in targets]
+        assert expected == [4, 11, 14, 16]
+        assert picked_indices(out["pixel_values_videos"][0]) == expected
+
+    @pytest.mark.parametrize("backend", BACKENDS)
     def test_short_video_repeats_last_frame(self, media, backend):
         out = self.get_processor(num_frames=8)(media["short"], video_backend=backend, return_metadata=True)
         assert out["video_metadata"][0].frames_indices.tolist() == [0, 1, 2, 2, 2, 2, 2, 2]
@@ -129,6 +144,20 @@ class TestValorVideoProcessor(ValorVideoProcessorTester):
         )
         torch.testing.assert_close(out[0], expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out[1], expected, atol=1e-5, rtol=1e-5)
+
+    def test_float_frames_already_in_unit_range_warn(self):
+        video = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)  # already in [0, 1]
+        processor = self.get_processor()
+        with pytest.warns(UserWarning, match=r"already in \[0, 1\].*do_rescale=False"):
+            twice = processor(video)["pixel_values_videos"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            once = processor(video, do_rescale=False)["pixel_values_videos"]
+            from_bytes = processor((video * 255).astype(np.float32))[
+                "pixel_values_videos"
+            ]  # [0, 255]: no warning
+        torch.testing.assert_close(once, from_bytes, atol=1e-4, rtol=0)
+        assert twice.max() < -1.5 < 2.0 < once.max()  # rescaled twice, everything is near -mean/std
 
     def test_defaults_and_clip_preset(self):
         processor = ValorVideoProcessor()

@@ -140,3 +140,15 @@ def write_qa_set(corpus: Path, split: str, target: Path) -> Path:
                 record = {"file_name": str(corpus / split / row["file_name"]), "question": question}
                 handle.write(json.dumps({**record, "answer": row[key]}) + "\n")
     return target / "qa.jsonl"
+
+
+def accelerate_config_env(config_file: Path, *launch_args: str) -> dict[str, str]:
+    """The environment `accelerate launch --config_file config_file *launch_args script.py` gives the script:
+    Accelerate's own parsing of the config into `ACCELERATE_*` / `FSDP_*` variables (what it would add to ours)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(config_file), *launch_args, "script.py"])
+    args, _, _ = _validate_launch_command(args)
+    env = prepare_multi_gpu_env(args)
+    return {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_")) and os.environ.get(k) != v}

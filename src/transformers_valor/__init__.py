@@ -24,9 +24,11 @@ from .configuration_valor import (
 )
 from .conversion import init_from_encoders
 from .feature_extraction_valor import ValorFeatureExtractor
+from .generation_valor import valor_beam_search, valor_generation_config
 from .losses import (
     CaptionLoss,
     MultimodalGroupingAlignmentLoss,
+    QuestionAnsweringLoss,
     coarse_similarity,
     contrastive_loss,
     fine_grained_similarity,
@@ -93,6 +95,9 @@ __all__ = [
     "gather_with_grad",
     "MultimodalGroupingAlignmentLoss",
     "CaptionLoss",
+    "QuestionAnsweringLoss",
+    "valor_beam_search",
+    "valor_generation_config",
     "concat_feature_batches",
     "ValorAudioConfig",
     "ValorAudioModel",

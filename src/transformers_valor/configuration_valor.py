@@ -1,12 +1,15 @@
 """Configuration classes for VALOR (the composite `ValorConfig`, its text, Video Swin and audio towers) and the one
 table of modality groups (`MODALITY_GROUPS`) that every module reads."""
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, CLIPVisionConfig, PreTrainedConfig, ViTConfig
 from transformers.configuration_utils import SubConfigSpec
+
+logger = logging.getLogger(__name__)
 
 Modality = Literal["text", "video", "audio"]
 GroupName = Literal["tv", "ta", "tva", "va", "vta", "atv"]
@@ -16,10 +19,25 @@ CaptionObjective = Literal["unimlm", "lm"]
 CrossAttentionLayout = Literal["concat", "parallel", "video_first", "audio_first"]
 LogitScaleType = Literal["temperature", "log_scale"]
 
+TaskPromptName = Literal["retrieval", "captioning", "qa", "mlm_tva", "mlm_tv", "mlm_ta"]
+
 CONTRASTIVE_TYPES: tuple[str, ...] = get_args(ContrastiveType)
 CAPTION_OBJECTIVES: tuple[str, ...] = get_args(CaptionObjective)
 CROSS_ATTENTION_LAYOUTS: tuple[str, ...] = get_args(CrossAttentionLayout)
 LOGIT_SCALE_TYPES: tuple[str, ...] = get_args(LogitScaleType)
+
+# VALOR's task prompts (reference `model/pretrain.py`), tokenised as `[CLS] prompt [SEP]`. `retrieval` (the text
+# encoder of MGA and retrieval), `captioning` (MGC, caption fine-tuning and generation) and `qa` (put between
+# [CLS] and the question) apply only with `use_task_prompt`; the conditioned-MLM prompts apply always.
+DEFAULT_TASK_PROMPTS: dict[str, str] = {
+    "retrieval": "project language in common space",
+    "captioning": "describe the video with natural language",
+    "qa": "answer the question",
+    "mlm_tva": "predict masked tokens with visual and audio cues",
+    "mlm_tv": "predict masked tokens with visual cues",
+    "mlm_ta": "predict masked tokens with audio cues",
+}
+TASK_PROMPT_NAMES: tuple[str, ...] = get_args(TaskPromptName)
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,13 @@ class ModalityGroup:
         pipelines name them: `"video"`, `"audio"` or `"both"`."""
         non_text = sorted(self.modalities - {"text"}, reverse=True)  # ["video", "audio"] order
         return "both" if len(non_text) == 2 else non_text[0]
+
+    @property
+    def logits_names(self) -> tuple[str, str]:
+        """The retrieval output fields of the group's score matrix, as X-CLIP and CLAP name theirs:
+        `logits_per_<first query modality>` (queries x candidates) and `logits_per_<first candidate modality>`
+        (its transpose), e.g. `("logits_per_text", "logits_per_video")` for `tv` and `tva`."""
+        return f"logits_per_{self.query[0]}", f"logits_per_{self.candidates[0]}"
 
 
 # The one table of modality groups; every module reads it.
@@ -302,9 +327,16 @@ class ValorConfig(PreTrainedConfig):
         caption_objective (`str`, defaults to `"unimlm"`): `"unimlm"` (causal masked language modelling,
             VALOR's default) or `"lm"` (plain next-token prediction).
         cross_attention_layout (`str`, defaults to `"concat"`): see [`ValorTextConfig`]; copied into it.
-        use_task_prompt (`bool`, defaults to `False`): feed `task_prompt` as a bidirectional prefix to the
-            decoder (on in VALOR-L).
-        task_prompt (`str`): the prompt text used when `use_task_prompt` is on.
+        mlm_groups (`list[str]`, defaults to `["tva", "tv", "ta"]`): groups of the conditioned masked language
+            modelling objective (`tv`, `ta`, `tva`), trained by [`ValorForPreTraining`] when `mlm_labels` are given.
+        use_task_prompt (`bool`, defaults to `False`): VALOR-L's task prompts (on in VALOR-L): the text encoder
+            runs with the `retrieval` prompt appended, the decoder with the `captioning` prompt, and QA
+            prompts are `[CLS] + qa prompt + question`. The MLM prompts are used whatever this flag says.
+        task_prompts (`dict[str, str]`, *optional*): the prompt text per use (`retrieval`, `captioning`, `qa`,
+            `mlm_tva`, `mlm_tv`, `mlm_ta`); defaults to the reference's sentences (`DEFAULT_TASK_PROMPTS`).
+        task_prompt_ids (`dict[str, list[int]]`, *optional*): each prompt as `[CLS] ... [SEP]` ids of the model's
+            vocabulary, set from a tokenizer with [`~ValorConfig.set_task_prompt_ids`] (the converter and the
+            training scripts do it); a model that needs a prompt raises a ValueError while they are missing.
         max_video_frames (`int`, defaults to 32): learned frame-position slots of the video tokens.
         max_audio_clips (`int`, defaults to 32): learned clip-position slots of the audio tokens.
         label_smoothing (`float`, defaults to 0.0): label smoothing of the MGC cross-entropy.
@@ -343,8 +375,10 @@ class ValorConfig(PreTrainedConfig):
     temperature_init: float = 0.07
     caption_objective: CaptionObjective = "unimlm"
     cross_attention_layout: CrossAttentionLayout = "concat"
+    mlm_groups: list[CaptionGroupName] | tuple[CaptionGroupName, ...] = ("tva", "tv", "ta")
     use_task_prompt: bool = False
-    task_prompt: str = "describe the video with natural language"
+    task_prompts: dict[str, str] | None = None
+    task_prompt_ids: dict[str, list[int]] | None = None
     max_video_frames: int = 32
     max_audio_clips: int = 32
     label_smoothing: float = 0.0
@@ -353,7 +387,11 @@ class ValorConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         self.audio_config = _as_audio_config(self.audio_config)
+        legacy_prompt = kwargs.pop("task_prompt", None)  # the single captioning prompt of earlier configs
         super().__post_init__(**kwargs)
+        self.task_prompts = _check_task_prompts(self.task_prompts, legacy_prompt)
+        if self.task_prompt_ids is not None:
+            self.task_prompt_ids = _check_task_prompt_ids(self.task_prompt_ids)
         if self.vision_config.model_type not in ("valor_video_swin", "clip_vision_model"):
             raise ValueError(
                 "`vision_config` must be a ValorVideoSwinConfig or a CLIPVisionConfig, got model_type "
@@ -368,10 +406,12 @@ class ValorConfig(PreTrainedConfig):
             self.logit_scale_type = "log_scale" if self.is_clip_vision else "temperature"
         self.contrastive_groups = list(self.contrastive_groups)
         self.caption_groups = list(self.caption_groups)
+        self.mlm_groups = list(self.mlm_groups)
         for group in self.contrastive_groups:
             _check_choice("contrastive_groups", group, CONTRASTIVE_GROUPS)
-        for group in self.caption_groups:
-            _check_choice("caption_groups", group, CAPTION_GROUPS)
+        for field in ("caption_groups", "mlm_groups"):
+            for group in getattr(self, field):
+                _check_choice(field, group, CAPTION_GROUPS)
         for field in ("projection_dim", "temperature_init", "max_video_frames", "max_audio_clips"):
             _check_positive(field, getattr(self, field))
         if self.contrastive_loss_weight < 0:
@@ -385,3 +425,53 @@ class ValorConfig(PreTrainedConfig):
     def is_clip_vision(self) -> bool:
         """Whether the video encoder is CLIP's vision tower applied per frame (VALOR-L)."""
         return isinstance(self.vision_config, CLIPVisionConfig)
+
+    def set_task_prompt_ids(self, tokenizer) -> dict[str, list[int]]:
+        """
+        Tokenise every prompt of `task_prompts` with `tokenizer` (the model's BERT WordPiece tokenizer) as the
+        reference does, `[CLS] prompt [SEP]`, store the ids in `task_prompt_ids` and return them. A prompt word
+        outside the vocabulary is logged (it becomes [UNK]).
+        """
+        self.task_prompt_ids = _check_task_prompt_ids(tokenize_task_prompts(tokenizer, self.task_prompts))
+        return self.task_prompt_ids
+
+
+def tokenize_task_prompts(tokenizer, prompts: dict[str, str]) -> dict[str, list[int]]:
+    """Each prompt as `[CLS] prompt [SEP]` ids of `tokenizer`; a word outside the vocabulary is logged."""
+    ids = {}
+    for name, text in prompts.items():
+        tokens = [int(token) for token in tokenizer(text, add_special_tokens=True)["input_ids"]]
+        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in tokens:
+            logger.warning("Task prompt %r (%r) has words outside the vocabulary.", name, text)
+        ids[name] = tokens
+    return ids
+
+
+def _check_task_prompts(prompts: dict[str, str] | None, legacy_caption_prompt: str | None) -> dict[str, str]:
+    """The prompt texts: the reference's defaults, updated by `prompts`; unknown names are an error."""
+    given = dict(prompts or {})
+    if legacy_caption_prompt is not None:
+        given.setdefault("captioning", legacy_caption_prompt)
+    unknown = sorted(set(given) - set(TASK_PROMPT_NAMES))
+    if unknown:
+        raise ValueError(f"`task_prompts` has unknown names {unknown}; known: {list(TASK_PROMPT_NAMES)}.")
+    for name, text in given.items():
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"`task_prompts[{name!r}]` must be a non-empty string, got {text!r}.")
+    return {**DEFAULT_TASK_PROMPTS, **given}
+
+
+def _check_task_prompt_ids(ids: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Prompt token ids: known names, each a list of at least three ints (`[CLS] word.. [SEP]`)."""
+    unknown = sorted(set(ids) - set(TASK_PROMPT_NAMES))
+    if unknown:
+        raise ValueError(f"`task_prompt_ids` has unknown names {unknown}; known: {list(TASK_PROMPT_NAMES)}.")
+    checked = {}
+    for name, tokens in ids.items():
+        tokens = list(tokens)
+        if len(tokens) < 3 or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+            raise ValueError(
+                f"`task_prompt_ids[{name!r}]` must be `[CLS] word.. [SEP]` ids (at least 3 ints), got {tokens!r}."
+            )
+        checked[name] = tokens
+    return checked

@@ -287,7 +287,7 @@ class ValorFeatureExtractor(SequenceFeatureExtractor):
         if isinstance(sample, (str, os.PathLike)):
             return self._features_from_file(check_path(sample), num_clips, mode, generator)
         wave = torch.as_tensor(sample, dtype=torch.float32)
-        wave = wave.mean(dim=0) if wave.ndim == 2 else wave.reshape(-1)
+        wave = wave.mean(dim=0) if wave.ndim == 2 else wave
         wave = resample_waveform(wave.numpy(), in_rate, self.sampling_rate)
         return self._features_from_waveform(wave, num_clips, mode, generator)
 
@@ -297,7 +297,7 @@ class ValorFeatureExtractor(SequenceFeatureExtractor):
 
     def __call__(
         self,
-        audios: AudioSample | list[AudioSample],
+        audio: AudioSample | list[AudioSample],
         sampling_rate: int | None = None,
         num_clips: int | None = None,
         sampling: SamplingMode | None = None,
@@ -309,9 +309,12 @@ class ValorFeatureExtractor(SequenceFeatureExtractor):
         """Compute VALOR's audio input for one sample or a batch.
 
         Args:
-            audios: one sample or a list. A sample is a path to an audio file (.wav, .flac, ...) or to a video
-                whose soundtrack is used; a waveform (`np.ndarray`/`torch.Tensor`, `(samples,)` or
-                `(channels, samples)`, channels are averaged) at `sampling_rate`; or `None` for "no audio".
+            audio: one sample or a batch, which is always a `list` (or tuple) of samples, as in transformers' audio
+                feature extractors. A sample is a path to an audio file (.wav, .flac, ...) or to a video whose
+                soundtrack is used; ONE waveform (`np.ndarray`/`torch.Tensor`, `(samples,)` or `(channels, samples)`
+                with the channels averaged) at `sampling_rate`; or `None` for "no audio". A 2-D array is one
+                multi-channel waveform, never a batch; an array with more channels than samples (the
+                `(samples, channels)` layout) or more than 2 dimensions is refused.
             sampling_rate: rate of waveform inputs; they are resampled to `self.sampling_rate` when it differs.
                 Defaults to `self.sampling_rate`.
             num_clips: clips per sample (default `self.num_clips`).
@@ -328,6 +331,8 @@ class ValorFeatureExtractor(SequenceFeatureExtractor):
         Raises:
             FileNotFoundError: every failing sample is a missing file (the message lists index and path).
             MediaBatchError (a `ValueError`): a sample could not be decoded (lists index, path and backend).
+            TypeError / ValueError: `audio` is not a sample or a list of them, is empty, or a waveform's shape is
+                ambiguous (see `audio`).
 
         A sample without an audio stream (or `None`) is not an error: it gets zeros and mask 0, and one
         `UserWarning` per call names all such samples.
@@ -342,12 +347,7 @@ class ValorFeatureExtractor(SequenceFeatureExtractor):
             generator = torch.Generator().manual_seed(seed)
         in_rate = self.sampling_rate if sampling_rate is None else sampling_rate
 
-        is_single = (
-            audios is None
-            or isinstance(audios, (str, os.PathLike))
-            or (isinstance(audios, (np.ndarray, torch.Tensor)) and audios.ndim == 1)
-        )
-        samples = [audios] if is_single else list(audios)
+        samples = as_audio_batch(audio)
 
         features = torch.zeros((len(samples), num_clips, self.num_mel_bins, self.clip_length))
         mask = torch.ones((len(samples), num_clips), dtype=torch.long)
@@ -374,6 +374,46 @@ class ValorFeatureExtractor(SequenceFeatureExtractor):
         if return_tensors != "pt":
             data = {k: v.numpy() for k, v in data.items()}
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+
+def _check_waveform(sample: np.ndarray | torch.Tensor, where: str) -> None:
+    """A waveform must be `(samples,)` or `(channels, samples)` with fewer channels than samples."""
+    shape = tuple(sample.shape)
+    if len(shape) not in (1, 2):
+        raise ValueError(
+            f"{where} is a {len(shape)}-D array of shape {shape}; a waveform is (samples,) or (channels, samples), "
+            "and a batch is a list of waveforms."
+        )
+    if len(shape) == 2 and shape[0] > shape[1]:
+        raise ValueError(
+            f"{where} has shape {shape}: more channels than samples. A multi-channel waveform is (channels, "
+            "samples); transpose a (samples, channels) array (`wave.T`), and pass a batch as a list."
+        )
+
+
+def as_audio_batch(audio: AudioSample | list[AudioSample]) -> list[AudioSample]:
+    """
+    The samples of `audio`: a `list`/`tuple` is a batch, anything else one sample (a path, `None`, or one
+    waveform). Raises a `ValueError`/`TypeError` naming the position for an empty batch, a list of numbers, an
+    unsupported type, or an ambiguous waveform shape.
+    """
+    single = not isinstance(audio, (list, tuple))
+    samples = [audio] if single else list(audio)
+    if not samples:
+        raise ValueError("`audio` is an empty list; give at least one sample.")
+    if not single and all(isinstance(s, (int, float, np.number)) for s in samples):
+        raise TypeError(
+            "`audio` is a list of numbers; pass one waveform as an array, and a batch as a list of arrays."
+        )
+    for i, sample in enumerate(samples):
+        where = "`audio`" if single else f"`audio[{i}]`"
+        if isinstance(sample, (np.ndarray, torch.Tensor)):
+            _check_waveform(sample, where)
+        elif sample is not None and not isinstance(sample, (str, os.PathLike)):
+            raise TypeError(
+                f"{where} is a {type(sample).__name__}; a sample is a file path, a waveform array or None."
+            )
+    return samples
 
 
 def _warn_silent(silent: list[str]) -> None:

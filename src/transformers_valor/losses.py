@@ -18,6 +18,10 @@ import torch.nn.functional as F
 
 # Upper bound on the elements of one (rows x cols x t x v) similarity block; 2**26 float32 values = 256 MiB.
 DEFAULT_MAX_BLOCK_ELEMENTS = 2**26
+# Block size on a CPU: 2**20 float32 similarity values (4 MiB) stay in the last-level cache between the GEMM that
+# writes them and the max reductions that read them, while both GEMM sides stay about 1,000 wide (near-peak GEMM).
+# Accelerators take the largest block allowed (fewer, larger kernels).
+CPU_BLOCK_ELEMENTS = 2**20
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -32,9 +36,51 @@ def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (weights * mask.any(dim=-1, keepdim=True)).to(logits.dtype)
 
 
-def _fine_block(feats_a, mask_a, weights_a, feats_b, mask_b, weights_b):
-    # VALOR's formulation: s[i,j,x,y] = <A_ix, B_jy> * maskA[i,x] * maskB[j,y]; the max runs over the zeros
-    # of masked positions too, exactly as the reference does.
+def _block_shape(num_a: int, t: int, num_b: int, v: int, budget: int) -> tuple[int, int]:
+    """
+    Rows and columns of a block of at most `budget` similarity values (one pair at least), with the GEMM sides
+    `rows * t` and `cols * v` about equal: the shape that does the most arithmetic per byte it moves.
+    """
+    cols = max(1, min(num_b, math.isqrt(budget) // v))
+    rows = max(1, min(num_a, budget // (cols * v * t)))
+    cols = max(1, min(num_b, budget // (rows * t * v)))  # widen when A ran out of rows
+    return rows, cols
+
+
+def _masked_block(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """
+    `(n, positions, dim)` features as the `(positions * n, dim)` matrix of one GEMM side, positions outermost,
+    with masked positions as zero vectors: their similarity is then exactly 0, the reference's masking (`s * mask`),
+    zeros that still take part in the max.
+    """
+    return (feats * mask[:, :, None]).transpose(0, 1).reshape(-1, feats.shape[-1])
+
+
+def _fine_block(block_a, weights_a, block_b, weights_b):
+    """
+    Fine-grained scores `(rows, cols)` of one block: one `(t*rows, dim) @ (dim, v*cols)` GEMM of two
+    `_masked_block`s, then both max reductions over views of its output. `weights_a` is `(t, rows)`, `weights_b`
+    `(v, cols)`.
+    """
+    (t, rows), (v, cols) = weights_a.shape, weights_b.shape
+    # Positions outermost on both sides: both maxima reduce strided axes over contiguous runs of columns
+    # (vectorised), and the weighted sums are plain broadcasts.
+    sim = (block_a @ block_b.t()).view(t, rows, v, cols)
+    a_to_b = (sim.amax(dim=2) * weights_a[:, :, None]).sum(dim=0)  # (t, rows, cols) -> (rows, cols)
+    b_to_a = (sim.amax(dim=0) * weights_b[None]).sum(dim=1)  # (rows, v, cols) -> (rows, cols)
+    return (a_to_b + b_to_a) / 2
+
+
+def naive_fine_grained_similarity(feats_a, mask_a, weight_logits_a, feats_b, mask_b, weight_logits_b):
+    """
+    The fine-grained score as the original VALOR code computes it, the ground truth of the tests and benchmarks:
+    the whole `(num_a, num_b, t, v)` similarity tensor, multiplied by both masks, then two max passes. Memory
+    grows as `num_a * num_b * t * v`; use [`fine_grained_similarity`] for anything else.
+    """
+    mask_a = mask_a.to(feats_a.dtype)
+    mask_b = mask_b.to(feats_b.dtype)
+    weights_a = masked_softmax(weight_logits_a, mask_a)
+    weights_b = masked_softmax(weight_logits_b, mask_b)
     sim = torch.einsum("atd,bvd->abtv", feats_a, feats_b)  # (a, b, t, v)
     sim = sim * mask_a[:, None, :, None] * mask_b[None, :, None, :]
     a_to_b = torch.einsum("abt,at->ab", sim.amax(dim=3), weights_a)
@@ -58,9 +104,11 @@ def fine_grained_similarity(
     s[i,j,x,y] = <A_ix, B_jy> on valid positions and 0 on masked ones, and w = masked softmax of the
     per-token weight logits.
 
-    The computation runs over blocks of rows and columns so that no block holds more than
-    `max_block_elements` similarity values: peak memory is bounded whatever the corpus size, and every entry is
-    computed by the same arithmetic as the unchunked version.
+    The computation runs over blocks of rows and columns, each one `(rows*t, dim) @ (dim, cols*v)` GEMM whose
+    output the two max reductions read while it is still in cache. No block holds more than `max_block_elements`
+    similarity values (on a CPU at most `CPU_BLOCK_ELEMENTS`, a cache-sized block), so peak memory is bounded
+    whatever the corpus size: the blocks, one masked copy of B and the scores. Every entry equals the naive
+    formulation's ([`naive_fine_grained_similarity`]) up to float rounding, and so do the gradients.
 
     Args:
         feats_a (`torch.Tensor` of shape `(num_a, t, dim)`): L2-normalised token features of A.
@@ -87,21 +135,21 @@ def fine_grained_similarity(
     weights_b = masked_softmax(weight_logits_b, mask_b)
     num_a, t = feats_a.shape[:2]
     num_b, v = feats_b.shape[:2]
-    if max_block_elements is None or num_a * num_b * t * v <= max_block_elements:
-        return _fine_block(feats_a, mask_a, weights_a, feats_b, mask_b, weights_b)
-
-    cols = max(1, min(num_b, max_block_elements // (t * v)))
-    rows = max(1, min(num_a, max_block_elements // (cols * t * v)))
+    budget = num_a * num_b * t * v if max_block_elements is None else max_block_elements
+    if feats_a.device.type == "cpu":
+        budget = min(budget, CPU_BLOCK_ELEMENTS)
+    rows, cols = _block_shape(num_a, t, num_b, v, budget)
+    # B's blocks are laid out once (one copy of B), A's once per row of blocks: the copies cost as much per
+    # element as the GEMM per ~100 FLOP, so they must not be repeated for every block.
+    col_starts = range(0, num_b, cols)
+    blocks_b = [_masked_block(feats_b[c : c + cols], mask_b[c : c + cols]) for c in col_starts]
+    weights_a, weights_b = weights_a.t(), weights_b.t()  # (t, num_a), (v, num_b)
     out = feats_a.new_empty(num_a, num_b)
     for r in range(0, num_a, rows):
-        for c in range(0, num_b, cols):
+        block_a = _masked_block(feats_a[r : r + rows], mask_a[r : r + rows])
+        for c, block_b in zip(col_starts, blocks_b):
             out[r : r + rows, c : c + cols] = _fine_block(
-                feats_a[r : r + rows],
-                mask_a[r : r + rows],
-                weights_a[r : r + rows],
-                feats_b[c : c + cols],
-                mask_b[c : c + cols],
-                weights_b[c : c + cols],
+                block_a, weights_a[:, r : r + rows], block_b, weights_b[:, c : c + cols]
             )
     return out
 
@@ -163,7 +211,7 @@ def gather_features(features, contrastive_type: str):
     All-gather, with gradients, the fields of a `ValorFeatures` that the MGA score of `contrastive_type` reads
     (the pooled vector for `coarse`; embeddings, mask and weight logits for `fine`). Other fields are dropped.
     """
-    keys = ("pooled_embeds",) if contrastive_type == "coarse" else ("embeds", "mask", "weight_logits")
+    keys = ("pooler_output",) if contrastive_type == "coarse" else ("embeds", "mask", "weight_logits")
     gathered = {field.name: None for field in dataclasses.fields(features)}
     gathered.update({key: gather_with_grad(getattr(features, key)) for key in keys})
     return type(features)(**gathered)
@@ -213,8 +261,7 @@ def caption_loss_sum(
     `unimlm`: `labels[i]` is the target of position `i` (-100 elsewhere). `lm`: labels are the input ids and
     position `i` predicts token `i + 1` (the shift happens here, as in `transformers` causal LMs).
     """
-    if objective == "lm":
-        logits, labels = logits[:, :-1], labels[:, 1:]
+    logits, labels = _aligned_targets(logits, labels, objective)
     loss_sum = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(),
         labels.reshape(-1),
@@ -223,6 +270,13 @@ def caption_loss_sum(
         label_smoothing=label_smoothing,
     )
     return loss_sum, (labels != -100).sum()
+
+
+def _aligned_targets(logits: torch.Tensor, labels: torch.Tensor, objective: str):
+    """Logits and the labels they predict: as given for `unimlm`, shifted by one for `lm`."""
+    if objective == "lm":
+        return logits[:, :-1], labels[:, 1:]
+    return logits, labels
 
 
 class CaptionLoss:
@@ -250,3 +304,45 @@ class CaptionLoss:
         if self.normalize_across_processes and is_distributed():
             return loss_sum * dist.get_world_size() / all_reduce_sum(count).clamp(min=1)
         return loss_sum / count.clamp(min=1)
+
+
+class QuestionAnsweringLoss:
+    """
+    VALOR's question-answering loss (reference `forward_qa_single`): the token cross-entropy averaged within each
+    answer, then over the answers. When several answers of one question are tiled as rows, `answer_weights`
+    weight the rows and the sum is divided by the number of questions.
+
+    Args:
+        objective (`str`): `"unimlm"` (targets at masked positions) or `"lm"` (next token; shifted inside).
+    """
+
+    def __init__(self, objective: str):
+        self.objective = objective
+
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        answer_weights: torch.Tensor | None = None,
+        num_questions: int | None = None,
+    ) -> torch.Tensor:
+        """
+        The loss of `logits` `(answers, length, vocab)` against `labels` `(answers, length)`; with
+        `answer_weights` `(answers,)`, `sum(weight * answer loss) / num_questions`.
+        """
+        logits, labels = _aligned_targets(logits, labels, self.objective)
+        token_losses = F.cross_entropy(
+            logits.transpose(1, 2).float(), labels, ignore_index=-100, reduction="none"
+        )  # (answers, length)
+        counts = (labels != -100).sum(dim=1)
+        if not bool((counts > 0).all()):
+            empty = (counts == 0).nonzero().flatten().tolist()
+            raise ValueError(f"Answers at batch indices {empty} have no labelled token.")
+        per_answer = token_losses.sum(dim=1) / counts
+        if answer_weights is None:
+            return per_answer.mean()
+        if num_questions is None or answer_weights.shape != per_answer.shape:
+            raise ValueError(
+                f"`answer_weights` must have shape {tuple(per_answer.shape)} and come with `num_questions`."
+            )
+        return (per_answer * answer_weights.to(per_answer.dtype)).sum() / num_questions

@@ -1,9 +1,14 @@
 """Decoding of video frames and soundtracks for VALOR, straight from media files.
 
-Video frames are read with decord (through `transformers.video_utils.load_video`) or with PyAV; audio is read
-with PyAV, which can seek, so a long file only has the time windows that are needed decoded. Every failure is
-turned into an exception that names the file (and the backend): see `MediaDecodeError`, `EmptyVideoError`
-and `MissingAudioStreamError`.
+Video frames are read with decord or with PyAV; audio is read with PyAV, which can seek, so a long file only has
+the time windows that are needed decoded. Every failure is turned into an exception that names the file (and the
+backend): see `MediaDecodeError`, `EmptyVideoError` and `MissingAudioStreamError`.
+
+Frames are chosen by time, the same way by both backends: the sampling rule picks indices in `[0, frames)` of
+the container's frame count, index `i` stands for the time `i / fps` (the average frame rate) from the first
+frame, and the frame shown nearest to that time is decoded (the earlier one on a tie; see [`nearest_frames`]).
+For a constant frame rate this is frame `i`; for a variable frame rate it samples the video evenly in time,
+where counting frames would crowd the samples into the stretches with more frames per second.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from transformers.video_utils import VideoMetadata, load_video
+from transformers.video_utils import VideoMetadata
 
 VideoBackend = Literal["decord", "pyav"]
 SamplingMode = Literal["middle", "random"]
@@ -134,7 +139,7 @@ def read_video(
 
     try:
         if backend == "decord":
-            frames, metadata = load_video(path, backend="decord", sample_indices_fn=checked_fn)
+            frames, metadata = _read_video_decord(path, checked_fn)
         else:
             frames, metadata = _read_video_pyav(path, checked_fn)
     except (EmptyVideoError, FileNotFoundError):
@@ -148,6 +153,44 @@ def read_video(
     return frames, metadata
 
 
+def nearest_frames(frame_times: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """
+    For every target time, the index of the frame whose timestamp is nearest (the earlier one on a tie).
+
+    Args:
+        frame_times: `(frames,)` presentation times in seconds, non-decreasing.
+        targets: `(n,)` times in seconds.
+    """
+    after = np.clip(np.searchsorted(frame_times, targets, side="left"), 0, len(frame_times) - 1)
+    before = np.clip(after - 1, 0, len(frame_times) - 1)
+    take_before = (targets - frame_times[before]) <= (frame_times[after] - targets)
+    return np.where(take_before, before, after).astype(np.int64)
+
+
+def _target_times(indices: np.ndarray, fps: float) -> np.ndarray:
+    return np.asarray(indices, dtype=np.float64) / fps
+
+
+def _read_video_decord(path: str, sample_indices_fn: Callable) -> tuple[np.ndarray, VideoMetadata]:
+    """decord reader that picks frames by timestamp (see the module docstring), from decord's frame index."""
+    from decord import VideoReader, cpu
+
+    reader = VideoReader(uri=path, ctx=cpu(0))
+    total, fps = len(reader), float(reader.get_avg_fps())
+    metadata = VideoMetadata(
+        total_num_frames=int(total), fps=fps, duration=total / fps if fps else 0.0, video_backend="decord"
+    )
+    indices = sample_indices_fn(metadata=metadata)
+    chosen = indices
+    times = reader.get_frame_timestamp(np.arange(total))[:, 0].astype(np.float64) if fps > 0 else None
+    # Without usable timestamps (none, or not in presentation order) frames can only be counted.
+    if times is not None and np.all(np.isfinite(times)) and np.all(np.diff(times) >= 0):
+        chosen = nearest_frames(times - times[0], _target_times(indices, fps))
+    video = reader.get_batch(np.minimum(chosen, total - 1)).asnumpy()  # (T, H, W, 3)
+    metadata.update({"frames_indices": indices, "height": video.shape[1], "width": video.shape[2]})
+    return video, metadata
+
+
 def _has_no_video_frames(path: str) -> bool:
     """Whether PyAV can open `path` and finds no video stream or not a single video packet in it."""
     import av
@@ -159,6 +202,42 @@ def _has_no_video_frames(path: str) -> bool:
             return not any(packet.size for packet in container.demux(container.streams.video[0]))
     except Exception:
         return False
+
+
+def _pick_frames_pyav(
+    container, stream, indices: np.ndarray, fps: float, total: int
+) -> dict[int, np.ndarray]:
+    """
+    Decode the frame nearest to each index's time ([`nearest_frames`]' rule) while streaming: for every target
+    the decoder runs to the first frame at or after it, keeping the frame before; a far target is reached by
+    seeking to the keyframe before it.
+    """
+    start_pts, time_base = stream.start_time or 0, float(stream.time_base)
+    picked: dict[int, np.ndarray] = {}
+    decoder, window = None, []  # the last two decoded (time, frame): the neighbours of the current target
+    for index in np.unique(indices).tolist():
+        target = float(_target_times(np.array([index]), fps)[0])
+        if decoder is None or not window or target - window[-1][0] > _SEEK_GAP_SECONDS:
+            container.seek(int(start_pts + target / time_base), stream=stream, backward=True)
+            decoder, window = container.decode(stream), []
+        while not window or window[-1][0] < target:
+            frame = next(decoder, None)
+            if frame is None:
+                break
+            counted = window[-1][0] + 1 / fps if window else 0.0
+            time = (frame.pts - start_pts) * time_base if frame.pts is not None else counted
+            window = [*window[-1:], (time, frame)]
+        if not window:
+            break
+        time, frame = window[int(nearest_frames(np.array([t for t, _ in window]), np.array([target]))[0])]
+        if window[-1][0] < target and target - time > max(2, 0.1 * total) / fps:
+            # The header promised more frames than the stream holds.
+            raise ValueError(
+                f"the video stream ends at {time:.2f} s (about frame {round(time * fps)}) but its header promises "
+                f"{total} frames (truncated file?)"
+            )
+        picked[index] = frame.to_ndarray(format="rgb24")
+    return picked
 
 
 def _read_video_pyav(path: str, sample_indices_fn: Callable) -> tuple[np.ndarray, VideoMetadata]:
@@ -192,37 +271,7 @@ def _read_video_pyav(path: str, sample_indices_fn: Callable) -> tuple[np.ndarray
         indices = sample_indices_fn(metadata=metadata)
         if fps <= 0:
             raise ValueError("the video stream has no frame rate")
-        start_pts = stream.start_time or 0
-        time_base = float(stream.time_base)
-
-        wanted = np.unique(indices)
-        picked: dict[int, np.ndarray] = {}
-        decoder = None
-        current = -1  # index of the last decoded frame
-        last_frame = None
-        for target in wanted.tolist():
-            if decoder is None or target - current > _SEEK_GAP_SECONDS * fps:
-                container.seek(int(start_pts + target / fps / time_base), stream=stream, backward=True)
-                decoder = container.decode(stream)
-                current = -1
-            for frame in decoder:
-                current = (
-                    int(round((frame.pts - start_pts) * time_base * fps))
-                    if frame.pts is not None
-                    else current + 1
-                )
-                last_frame = frame
-                if current >= target:
-                    break
-            if last_frame is None:
-                break
-            if current < target - max(2, 0.1 * total):
-                # The header promised more frames than the stream holds.
-                raise ValueError(
-                    f"the video stream ends at frame {current} but its header promises {total} frames "
-                    "(truncated file?)"
-                )
-            picked[target] = last_frame.to_ndarray(format="rgb24")
+        picked = _pick_frames_pyav(container, stream, indices, fps, total)
     if not picked:
         return np.empty((0,), dtype=np.uint8), metadata
     # Indices past the real end (the frame count is an estimate for some containers) take the last frame.

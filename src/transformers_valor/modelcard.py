@@ -53,8 +53,8 @@ print(processor.batch_decode(ids, skip_special_tokens=True))
 # Text-to-audiovisual retrieval score
 retriever = ValorForRetrieval.from_pretrained(repo).eval()
 with torch.no_grad():
-    scores = retriever(**inputs, group="tva").scores
-print(scores)
+    logits_per_text = retriever(**inputs, group="tva").logits_per_text
+print(logits_per_text.softmax(-1))
 ```"""
 
 
@@ -112,7 +112,7 @@ def describe_architecture(config: ValorConfig) -> str:
         f"- contrastive space: {config.projection_dim}-d, `{config.contrastive_type}` grouping alignment, "
         f"temperature as `{config.logit_scale_type}`",
         f"- captioning objective: `{config.caption_objective}`"
-        + (f', task prompt "{config.task_prompt}"' if config.use_task_prompt else ""),
+        + (f", task prompts {config.task_prompts}" if config.use_task_prompt else ""),
     ]
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""The `"eager"` attention function shared by VALOR's own towers (text, Video Swin)."""
+"""The `"eager"` attention function shared by VALOR's own towers (text, Video Swin), and the check that attention
+weights can be returned."""
 
 import torch
 from torch import nn
@@ -41,3 +42,23 @@ def eager_attention_forward(
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     context = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, Lq, heads, d)
     return context, weights
+
+
+def check_attention_weights_available(configs: dict) -> None:
+    """
+    A `ValueError` when attention weights are asked for (`output_attentions=True`) of a tower whose attention
+    kernel computes none: only the eager implementation returns them (sdpa would give `None` in their place).
+
+    Args:
+        configs (`dict[str, PreTrainedConfig]`): the towers' configs by name (`"text"`, `"video"`, `"audio"`).
+    """
+    others = {
+        name: c._attn_implementation for name, c in configs.items() if c._attn_implementation != "eager"
+    }
+    if others:
+        towers = ", ".join(f"{name} ({impl})" for name, impl in others.items())
+        raise ValueError(
+            f"`output_attentions=True` needs the eager attention, which returns the weights; the {towers} tower(s) "
+            "compute none. Load the model with `attn_implementation='eager'` or call "
+            "`model.set_attn_implementation('eager')` first."
+        )

@@ -12,6 +12,7 @@ from transformers import ViTModel
 from transformers.utils import ModelOutput
 
 from .configuration_valor import ValorAudioConfig
+from .modeling_attention import check_attention_weights_available
 
 
 @dataclass
@@ -83,6 +84,8 @@ class ValorAudioModel(ViTModel):
                 f"`input_features` must have shape (batch, audio_clips, mel_bins, time_frames), got {shape}."
             )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_attentions if output_attentions is not None else self.config.output_attentions:
+            check_attention_weights_available({"audio": self.config})
         batch, clips = input_features.shape[:2]
         output = super().forward(
             pixel_values=input_features.flatten(0, 1)[:, None],  # (B * clips, 1, mel, time)

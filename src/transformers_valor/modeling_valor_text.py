@@ -5,10 +5,13 @@ Parameter names and maths are those of `transformers.BertModel`, so a BERT check
 One set of weights runs either bidirectionally (text encoder, MGA) or causally with cross-attention over the
 video/audio tokens (decoder, MGC, captioning, QA), chosen per call with `is_decoder`.
 
-Sequence layout. An optional prompt (VALOR's task prompt, or a question for QA) is a bidirectional block that
-every text token sees and that sees no text token. VALOR appends it after the text; attention is
-permutation-equivariant given the mask and the position ids, so it is placed FIRST internally, which lets a
-key/value cache hold it as a prefix during generation. Outputs cover the text positions only.
+Sequence layout. An optional prompt (VALOR's task prompt, or a question for QA) is a block of its own positions
+(restarting at 0) and token type (the prompt embedding). VALOR appends it after the text (reference
+`model/bert.py`): in a causal call (the decoder) text tokens are causal among themselves and see the whole prompt,
+and prompt tokens see only the prompt; in a bidirectional call (text encoder, conditioned MLM) every token sees
+every non-padding token, prompt and text alike. Attention, the per-token layers and cross-attention are
+permutation-equivariant given the mask and the position ids, so the prompt is placed FIRST internally, which lets
+a key/value cache hold it as a prefix during generation. Outputs cover the text positions only.
 """
 
 from collections.abc import Callable
@@ -25,7 +28,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_valor import ValorTextConfig
-from .modeling_attention import eager_attention_forward
+from .modeling_attention import check_attention_weights_available, eager_attention_forward
 
 # Which cross-attention modules a layout builds, and in which order the decoder applies them.
 _CROSS_ATTENTION_MODULES = {
@@ -47,14 +50,21 @@ class ValorTextModelOutput(ModelOutput):
         cache (`EncoderDecoderCache`, *optional*): key/value cache, returned when `use_cache=True` in decoder mode.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*): embeddings plus every layer's output, text
             positions only, each `(batch_size, text_length, hidden_size)`; with `output_hidden_states=True`.
-        attentions (`tuple(torch.FloatTensor)`, *optional*): self-attention weights per layer, with
+        attentions (`tuple(torch.FloatTensor)`, *optional*): self-attention weights per layer, each
+            `(batch_size, heads, queries, keys)` over `[prompt ; text]` (the prompt block first, see the module
+            docstring; with a cache, the queries are the new tokens and the keys every cached one), with
             `output_attentions=True` (eager attention only).
+        cross_attentions (`tuple(torch.FloatTensor)`, *optional*): the decoder's cross-attention weights per layer,
+            each `(batch_size, heads, queries, modality_tokens)` with the keys `[video ; audio]` tokens (those given);
+            with `cross_attention_layout="concat"` a row sums to 1 over all of them, with the two-branch layouts to
+            1 within each modality's block. With `output_attentions=True` in decoder mode (eager attention only).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def build_self_attention_mask(
@@ -67,9 +77,9 @@ def build_self_attention_mask(
     Boolean self-attention mask (`True` = may attend) of shape `(batch, 1, queries, keys)`.
 
     The key sequence is `[prompt (num_prompt_tokens) ; text]`; the queries are the keys from `query_start` on.
-    Prompt queries see valid prompt keys only. Text queries see valid prompt keys and valid text keys, the
-    latter only up to their own position when `causal`. Each query also sees itself, so that no row is empty
-    (rows of padding queries are ignored downstream).
+    Bidirectional (`causal=False`): every query sees every valid key. Causal: prompt queries see valid prompt
+    keys only, text queries see valid prompt keys and the valid text keys up to their own position. Each query
+    also sees itself, so that no row is empty (rows of padding queries are ignored downstream).
 
     Args:
         key_padding_mask (`torch.Tensor` of shape `(batch, keys)`): 1/True for real tokens.
@@ -81,10 +91,12 @@ def build_self_attention_mask(
     device = key_padding_mask.device
     key_idx = torch.arange(num_keys, device=device)  # (K,)
     query_idx = torch.arange(query_start, num_keys, device=device)[:, None]  # (Q, 1)
-    key_is_prompt = key_idx < num_prompt_tokens
-    query_is_prompt = query_idx < num_prompt_tokens
-    text_to_text = key_idx <= query_idx if causal else torch.ones_like(query_idx, dtype=torch.bool)
-    structure = key_is_prompt | (~query_is_prompt & ~key_is_prompt & text_to_text)  # (Q, K)
+    if causal:
+        key_is_prompt = key_idx < num_prompt_tokens
+        query_is_prompt = query_idx < num_prompt_tokens
+        structure = key_is_prompt | (~query_is_prompt & (key_idx <= query_idx))  # (Q, K)
+    else:
+        structure = torch.ones(query_idx.shape[0], num_keys, dtype=torch.bool, device=device)
     allowed = structure[None] & key_padding_mask.bool()[:, None, :]  # (B, Q, K)
     allowed = allowed | (query_idx == key_idx)[None]
     return allowed[:, None]  # (B, 1, Q, K)
@@ -95,6 +107,20 @@ def _mask_for_implementation(mask: torch.Tensor | None, implementation: str, dty
     if mask is None or implementation == "sdpa":
         return mask
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+def check_embedding_range(ids: torch.Tensor, size: int, name: str, what: str, config_key: str) -> None:
+    """A `ValueError` naming `name` when `ids` hold a value outside `[0, size)` (which `nn.Embedding` reports as a
+    bare index error on the CPU and as a device-side assert on CUDA)."""
+    if ids.numel() == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= size:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"`{name}` hold {what} {bad}, outside [0, {size}) ({config_key} = {size}); were they made by the "
+            "tokenizer of this model?"
+        )
 
 
 class ValorTextEmbeddings(nn.Module):
@@ -122,10 +148,19 @@ class ValorTextEmbeddings(nn.Module):
     ) -> torch.Tensor:
         """Embed `input_ids` (or `inputs_embeds`) at `position_ids`; prompt tokens use the prompt type embedding."""
         if inputs_embeds is None:
+            name = "prompt_ids" if is_prompt else "input_ids"
+            check_embedding_range(
+                input_ids, self.word_embeddings.num_embeddings, name, "token id", "vocab_size"
+            )
             inputs_embeds = self.word_embeddings(input_ids)
         batch_size, length = inputs_embeds.shape[:2]
         if position_ids is None:
             position_ids = torch.arange(length, device=inputs_embeds.device)[None]
+        if position_ids.numel() and int(position_ids.max()) >= self.position_embeddings.num_embeddings:
+            raise ValueError(
+                f"The {'prompt' if is_prompt else 'text'} needs {int(position_ids.max()) + 1} text positions (cached "
+                f"tokens included) but the model has max_position_embeddings = {self.position_embeddings.num_embeddings}."
+            )
         if is_prompt:
             type_embeds = self.prompt_embedding.weight[None]  # (1, 1, H)
         else:
@@ -267,25 +302,32 @@ class ValorTextLayer(GradientCheckpointingLayer):
         self.output = ValorTextResidualOutput(config, config.intermediate_size)
 
     def _cross_attend(self, hidden_states, video_states, audio_states, cache):
+        """The cross-attention output and its weights over `[video ; audio]` (`None` under sdpa)."""
         if self.cross_attention_layout == "concat":
             present = [states for states in (video_states, audio_states) if states is not None]
-            if not present:
-                return hidden_states
             key_value_states = present[0] if len(present) == 1 else torch.cat(present, dim=1)  # (B, Nv+Na, H)
-            return self.crossattention(hidden_states, None, key_value_states, cache)[0]
+            return self.crossattention(hidden_states, None, key_value_states, cache)
         states_by_module = {"crossattention_video": video_states, "crossattention_audio": audio_states}
+        weights = {}
         if (
             self.cross_attention_layout == "parallel"
             and video_states is not None
             and audio_states is not None
         ):
-            video_out = self.crossattention_video(hidden_states, None, video_states, cache)[0]
-            audio_out = self.crossattention_audio(hidden_states, None, audio_states, cache)[0]
-            return video_out + audio_out
-        for name in self.cross_attention_order:
-            if states_by_module[name] is not None:
-                hidden_states = getattr(self, name)(hidden_states, None, states_by_module[name], cache)[0]
-        return hidden_states
+            video_out, weights["video"] = self.crossattention_video(hidden_states, None, video_states, cache)
+            audio_out, weights["audio"] = self.crossattention_audio(hidden_states, None, audio_states, cache)
+            hidden_states = video_out + audio_out
+        else:
+            for name in self.cross_attention_order:
+                if states_by_module[name] is not None:
+                    module = getattr(self, name)
+                    hidden_states, weights[name.rpartition("_")[2]] = module(
+                        hidden_states, None, states_by_module[name], cache
+                    )
+        blocks = [weights[m] for m in ("video", "audio") if m in weights]
+        if any(block is None for block in blocks):
+            return hidden_states, None
+        return hidden_states, torch.cat(blocks, dim=-1)  # (B, heads, Q, Nv + Na)
 
     def forward(
         self,
@@ -294,13 +336,17 @@ class ValorTextLayer(GradientCheckpointingLayer):
         video_states: torch.Tensor | None = None,
         audio_states: torch.Tensor | None = None,
         cache: EncoderDecoderCache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Self-attention, cross-attention over the modality tokens that are given, then the MLP."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Self-attention, cross-attention over the modality tokens that are given, then the MLP. Returns the
+        output and the self- and cross-attention weights (`None` when not computed)."""
         attention_output, attn_weights = self.attention(hidden_states, attention_mask, None, cache)
+        cross_weights = None
         if self.cross_attention_order and (video_states is not None or audio_states is not None):
-            attention_output = self._cross_attend(attention_output, video_states, audio_states, cache)
+            attention_output, cross_weights = self._cross_attend(
+                attention_output, video_states, audio_states, cache
+            )
         layer_output = self.output(self.intermediate(attention_output), attention_output)
-        return layer_output, attn_weights
+        return layer_output, attn_weights, cross_weights
 
 
 class ValorTextPreTrainedModel(PreTrainedModel):
@@ -396,10 +442,11 @@ class ValorTextModel(ValorTextPreTrainedModel):
             token_type_ids (`torch.LongTensor`, *optional*): BERT token types of the text, default 0.
             inputs_embeds (`torch.FloatTensor`, *optional*): word embeddings instead of `input_ids`.
             prompt_ids (`torch.LongTensor` of shape `(batch_size, prompt_length)`, *optional*): task prompt or
-                question, a bidirectional block every text token sees. Pass it on the first call only when
-                a cache is used.
+                question, appended to the text with its own positions and the prompt token type (see the module
+                docstring for who sees whom). Pass it on the first call only when a cache is used.
             prompt_attention_mask (`torch.Tensor` of shape `(batch_size, prompt_length)`, *optional*): its
-                padding mask. Pass it on every call when a prompt was used, also after it was cached.
+                padding mask, by default `prompt_ids != pad_token_id` (the reference's rule). Pass it on every
+                call when a prompt was used, also after it was cached.
             video_states / audio_states (`torch.FloatTensor` of shape `(batch_size, tokens, hidden_size)`,
                 *optional*): modality tokens the decoder cross-attends to (VALOR's decoder inputs).
             is_decoder (`bool`, defaults to `False`): causal self-attention among text tokens and caching.
@@ -414,11 +461,13 @@ class ValorTextModel(ValorTextPreTrainedModel):
         )
         return_dict = return_dict if return_dict is not None else self.config.use_return_dict
         _check_text_inputs(input_ids, inputs_embeds, prompt_ids)
+        if output_attentions:
+            check_attention_weights_available({"text": self.config})
         cache = self._prepare_cache(cache, use_cache, is_decoder)
         reference = input_ids if input_ids is not None else inputs_embeds
         text_length = reference.shape[1]
         if prompt_ids is not None and prompt_attention_mask is None:
-            prompt_attention_mask = torch.ones_like(prompt_ids)
+            prompt_attention_mask = (prompt_ids != self.config.pad_token_id).long()
         key_padding, num_prompt, past_text = self._key_padding(
             reference, attention_mask, prompt_ids, prompt_attention_mask, cache
         )
@@ -436,18 +485,25 @@ class ValorTextModel(ValorTextPreTrainedModel):
 
         all_hidden = (hidden_states[:, -text_length:],) if output_hidden_states else None
         all_attentions = () if output_attentions else None
+        cross_attends = is_decoder and (video_states is not None or audio_states is not None)
+        all_cross = () if output_attentions and cross_attends and self.config.add_cross_attention else None
         for layer in self.encoder.layer:
-            hidden_states, attn_weights = layer(hidden_states, mask, video_states, audio_states, cache)
+            hidden_states, attn_weights, cross_weights = layer(
+                hidden_states, mask, video_states, audio_states, cache
+            )
             if output_hidden_states:
                 all_hidden += (hidden_states[:, -text_length:],)
             if output_attentions:
                 all_attentions += (attn_weights,)
+            if all_cross is not None:
+                all_cross += (cross_weights,)
 
         output = ValorTextModelOutput(
             last_hidden_state=hidden_states[:, -text_length:],
             cache=cache,
             hidden_states=all_hidden,
             attentions=all_attentions,
+            cross_attentions=all_cross,
         )
         return output if return_dict else output.to_tuple()
 

@@ -19,7 +19,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_valor import ValorVideoSwinConfig
-from .modeling_attention import eager_attention_forward
+from .modeling_attention import check_attention_weights_available, eager_attention_forward
 
 __all__ = ["ValorVideoSwinModel", "ValorVideoSwinModelOutput", "ValorVideoSwinPreTrainedModel"]
 
@@ -46,11 +46,16 @@ class ValorVideoSwinModelOutput(ModelOutput):
             The input of every stage (the patch embeddings, then the output of each patch merging) followed by the
             output of the last stage before the final LayerNorm. Entry `i` has shape
             `(batch_size, temporal_slots, tokens_i, width_i)` with the token grid and width of that stage.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+            The window attention weights of every block, in order, each `(batch_size, num_windows, heads,
+            window_tokens, window_tokens)` over that block's (zero-padded, for shifted blocks rolled) window
+            partition, as transformers' Swin returns per-window weights. Eager attention only.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def get_window_and_shift(
@@ -281,7 +286,7 @@ class ValorVideoSwinWindowAttention(nn.Module):
 
     def forward(
         self, windows: torch.Tensor, window: Size3D, shift_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
             windows: `(batch, num_windows, window_tokens, dim)` tokens, already partitioned.
@@ -289,7 +294,8 @@ class ValorVideoSwinWindowAttention(nn.Module):
             shift_mask: `(num_windows, window_tokens, window_tokens)` additive mask of shifted windows, or `None`.
 
         Returns:
-            `(batch, num_windows, window_tokens, dim)`.
+            `(batch, num_windows, window_tokens, dim)` and the attention weights `(batch, num_windows, heads,
+            window_tokens, window_tokens)` (`None` when the kernel computes none).
         """
         batch, num_windows, tokens, dim = windows.shape
         qkv = self.qkv(windows).view(
@@ -313,7 +319,7 @@ class ValorVideoSwinWindowAttention(nn.Module):
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        context, _ = attention_interface(
+        context, weights = attention_interface(
             self,
             query,
             key,
@@ -329,7 +335,10 @@ class ValorVideoSwinWindowAttention(nn.Module):
         context = context.permute(0, 1, 3, 2, 4, 5).reshape(
             batch, num_windows, tokens, dim
         )  # (B, nW, N, dim)
-        return self.proj_drop(self.proj(context))
+        if weights is not None:
+            # (B * rows, windows_per_row * heads, N, N) -> (B, nW, heads, N, N) in both foldings
+            weights = weights.reshape(batch, num_windows, self.num_heads, tokens, tokens)
+        return self.proj_drop(self.proj(context)), weights
 
 
 class ValorVideoSwinMlp(nn.Module):
@@ -369,7 +378,9 @@ class ValorVideoSwinBlock(GradientCheckpointingLayer):
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = ValorVideoSwinMlp(config, dim)
 
-    def forward(self, hidden_states: torch.Tensor, shift_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, shift_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
             hidden_states: `(batch, depth, height, width, dim)` token volume.
@@ -377,7 +388,8 @@ class ValorVideoSwinBlock(GradientCheckpointingLayer):
                 effective shift is non-zero.
 
         Returns:
-            `(batch, depth, height, width, dim)`.
+            `(batch, depth, height, width, dim)` and the window attention weights (see
+            [`ValorVideoSwinWindowAttention`]).
         """
         _, depth, height, width, _ = hidden_states.shape
         window, shift = get_window_and_shift((depth, height, width), self.window_size, self.shift_size)
@@ -391,7 +403,7 @@ class ValorVideoSwinBlock(GradientCheckpointingLayer):
             attn_input = torch.roll(attn_input, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
 
         windows = window_partition(attn_input, window)  # (B, num_windows, N, dim)
-        windows = self.attn(windows, window, shift_mask if is_shifted else None)  # (B, num_windows, N, dim)
+        windows, weights = self.attn(windows, window, shift_mask if is_shifted else None)  # (B, nW, N, dim)
         attn_output = window_merge(windows, window, padded)  # (B, Dp, Hp, Wp, dim)
 
         if is_shifted:
@@ -399,7 +411,7 @@ class ValorVideoSwinBlock(GradientCheckpointingLayer):
         attn_output = attn_output[:, :depth, :height, :width]  # (B, D, H, W, dim)
 
         hidden_states = hidden_states + self.drop_path(attn_output)
-        return hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+        return hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states))), weights
 
 
 class ValorVideoSwinPatchMerging(nn.Module):
@@ -451,8 +463,9 @@ class ValorVideoSwinStage(nn.Module):
         )
         self.downsample = ValorVideoSwinPatchMerging(config, dim) if downsample else None
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Map `(B, D, H, W, C)` to `(B, D, H', W', C')` (halved grid and doubled width when downsampling)."""
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
+        """Map `(B, D, H, W, C)` to `(B, D, H', W', C')` (halved grid and doubled width when downsampling); also
+        returns every block's attention weights."""
         size = tuple(hidden_states.shape[1:4])
         window, shift = get_window_and_shift(size, self.window_size, self.shift_size)
         shift_mask = None
@@ -460,11 +473,13 @@ class ValorVideoSwinStage(nn.Module):
             padded = tuple(-(-s // w) * w for s, w in zip(size, window))
             # Built once per stage call and shared by its shifted blocks.
             shift_mask = shifted_window_mask(padded, window, shift, device=hidden_states.device)
+        weights = ()
         for block in self.blocks:
-            hidden_states = block(hidden_states, shift_mask=shift_mask)
+            hidden_states, block_weights = block(hidden_states, shift_mask=shift_mask)
+            weights += (block_weights,)
         if self.downsample is not None:
             hidden_states = self.downsample(hidden_states)
-        return hidden_states
+        return hidden_states, weights
 
 
 class ValorVideoSwinPreTrainedModel(PreTrainedModel):
@@ -540,6 +555,7 @@ class ValorVideoSwinModel(ValorVideoSwinPreTrainedModel):
         self,
         pixel_values_videos: torch.Tensor,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> ValorVideoSwinModelOutput | tuple[torch.Tensor, ...]:
@@ -549,14 +565,21 @@ class ValorVideoSwinModel(ValorVideoSwinPreTrainedModel):
                 Normalised frames. Heights and widths that are not a multiple of the patch size are zero-padded.
             output_hidden_states (`bool`, *optional*): also return the input of every stage and the last stage's
                 output (see [`ValorVideoSwinModelOutput`]). Defaults to `config.output_hidden_states`.
+            output_attentions (`bool`, *optional*): also return every block's window attention weights (eager
+                attention only). Defaults to `config.output_attentions`.
             return_dict (`bool`, *optional*): return a [`ValorVideoSwinModelOutput`] instead of a plain tuple.
                 Defaults to `config.return_dict`.
 
         Returns:
-            [`ValorVideoSwinModelOutput`] or a tuple `(last_hidden_state, pooler_output[, hidden_states])`.
+            [`ValorVideoSwinModelOutput`] or a tuple `(last_hidden_state, pooler_output[, hidden_states][,
+            attentions])`.
         """
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if output_attentions:
+            check_attention_weights_available({"video": self.config})
         if return_dict is None:
             return_dict = self.config.return_dict
         if pixel_values_videos is None or pixel_values_videos.ndim != 5:
@@ -574,11 +597,12 @@ class ValorVideoSwinModel(ValorVideoSwinPreTrainedModel):
         pixel_values_videos = pixel_values_videos.to(self.patch_embed.proj.weight.dtype)
         hidden_states = self.dropout(self.patch_embed(pixel_values_videos))  # (B, T', H', W', C)
 
-        all_hidden_states = []
+        all_hidden_states, all_attentions = [], ()
         for stage in self.layers:
             if output_hidden_states:
                 all_hidden_states.append(hidden_states.flatten(2, 3))  # (B, T', H' * W', C)
-            hidden_states = stage(hidden_states)  # (B, T', H'', W'', C'')
+            hidden_states, stage_attentions = stage(hidden_states)  # (B, T', H'', W'', C'')
+            all_attentions += stage_attentions
         if output_hidden_states:
             all_hidden_states.append(hidden_states.flatten(2, 3))  # (B, T', H' * W', hidden_size)
 
@@ -589,5 +613,6 @@ class ValorVideoSwinModel(ValorVideoSwinPreTrainedModel):
             last_hidden_state=last_hidden_state,
             pooler_output=pooler_output,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=all_attentions if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()

@@ -8,12 +8,14 @@ and `AutoVideoProcessor` support, and does its own decoding (decord by default, 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_utils import is_scaled_image
 from transformers.video_processing_utils import VideoProcessorMixin
 from transformers.video_utils import VideoMetadata
 
@@ -256,20 +258,19 @@ class ValorVideoProcessor(VideoProcessorMixin):
         Raises:
             FileNotFoundError: every failing sample is a missing file (index and path listed).
             MediaBatchError (`ValueError`): a video could not be decoded or is empty (index, path and backend).
+            TypeError / ValueError: `videos` is empty, or an entry is neither a path nor a 4-D array (e.g. `None`).
+
+        Float frames already in [0, 1] with `do_rescale=True` are rescaled as asked, with a `UserWarning`
+        (as transformers' image processors warn), since they were most likely rescaled before.
         """
         return_tensors = kwargs.pop("return_tensors", "pt")
         opts = self._call_options(kwargs)
         sampling, backend, generator = opts["sampling"], opts["video_backend"], opts["generator"]
         size, mean, std = opts["size"], opts["image_mean"], opts["image_std"]
 
-        is_single = isinstance(videos, (str, os.PathLike)) or (
-            isinstance(videos, (np.ndarray, torch.Tensor)) and videos.ndim == 4
-        )
-        samples = [videos] if is_single else list(videos)
-        if not samples:
-            raise ValueError("`videos` is empty.")
-
+        samples = as_video_batch(videos)
         out = None
+        rescaled_twice: list[str] = []
         metadata: list[VideoMetadata | None] = []
         errors: list[SampleError] = []
         for i, video in enumerate(samples):
@@ -280,6 +281,8 @@ class ValorVideoProcessor(VideoProcessorMixin):
                 errors.append(SampleError(i, source, err))
                 metadata.append(None)
                 continue
+            if opts["do_rescale"] and frames.is_floating_point() and is_scaled_image(frames.numpy()):
+                rescaled_twice.append(str(i))
             pixels = self._transform(
                 frames,
                 size,
@@ -300,6 +303,14 @@ class ValorVideoProcessor(VideoProcessorMixin):
             out[i] = pixels
             metadata.append(meta)
         raise_for_sample_errors(errors, "video")
+        if rescaled_twice:
+            warnings.warn(
+                f"Video(s) {', '.join(rescaled_twice)} are float frames already in [0, 1], and `do_rescale` "
+                f"multiplies them by {opts['rescale_factor']:.4g} again. If their values are already between 0 and 1, "
+                "pass `do_rescale=False`.",
+                UserWarning,
+                stacklevel=2,
+            )
 
         data: dict[str, Any] = {"pixel_values_videos": out}
         if return_tensors != "pt":
@@ -312,3 +323,39 @@ class ValorVideoProcessor(VideoProcessorMixin):
     def __call__(self, videos: VideoSample | list[VideoSample], **kwargs) -> BatchFeature:
         """Alias of `preprocess`."""
         return self.preprocess(videos, **kwargs)
+
+
+def as_video_batch(videos: VideoSample | list[VideoSample]) -> list[VideoSample]:
+    """
+    The samples of `videos`: one path or one 4-D decoded video is one sample, a list/tuple (or a 5-D array) is a
+    batch. Raises a `TypeError`/`ValueError` naming the position of an entry that is neither a path nor a 4-D
+    array (such as `None`), and for an empty batch.
+    """
+    single = isinstance(videos, (str, os.PathLike)) or (
+        isinstance(videos, (np.ndarray, torch.Tensor)) and videos.ndim == 4
+    )
+    if videos is None or not (single or isinstance(videos, (list, tuple, np.ndarray, torch.Tensor))):
+        raise TypeError(
+            f"`videos` must be a video path, a decoded video or a list of them, got a {type(videos).__name__}."
+        )
+    if isinstance(videos, (np.ndarray, torch.Tensor)) and videos.ndim != 5 and not single:
+        raise ValueError(
+            f"`videos` has shape {tuple(videos.shape)}; a decoded video is (frames, height, width, 3) or (frames, 3, "
+            "height, width), and a batch a list of them (or a 5-D array)."
+        )
+    samples = [videos] if single else list(videos)
+    if not samples:
+        raise ValueError("`videos` is empty; give at least one video.")
+    for i, video in enumerate(samples):
+        where = "`videos`" if single else f"`videos[{i}]`"
+        if isinstance(video, (np.ndarray, torch.Tensor)) and video.ndim != 4:
+            raise ValueError(
+                f"{where} has shape {tuple(video.shape)}; a decoded video is (frames, height, width, 3) or "
+                "(frames, 3, height, width)."
+            )
+        if not isinstance(video, (str, os.PathLike, np.ndarray, torch.Tensor)):
+            raise TypeError(
+                f"{where} is {'None' if video is None else 'a ' + type(video).__name__}; every video must be a file "
+                "path or a decoded (frames, height, width, 3) array."
+            )
+    return samples

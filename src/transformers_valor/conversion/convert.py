@@ -5,16 +5,21 @@
 
 Steps (as timm's `checkpoint_filter_fn` and nanoGPT's `from_pretrained` do it):
 1. load the state dict with `torch.load(weights_only=True)` (`key_mapping.load_original_state_dict`);
-2. infer the [`ValorConfig`] from the tensor shapes (`config_inference.infer_config`);
+2. infer the [`ValorConfig`] from the tensor shapes (`config_inference.infer_config`) and store the task prompts'
+   token ids from the vocabulary (`ValorConfig.set_task_prompt_ids`; VALOR-L uses them, so it needs `--vocab`);
 3. map EVERY key through an explicit rule table (`key_mapping.convert_state_dict`): a key is either mapped, or
    dropped with a stated reason (CLIP's text tower, BERT's pooler, buffers the model recomputes, the duplicate
    `txt_encoder.*` copy of the shared BERT, ...); any other key, any shape mismatch and any model weight left
    unfilled stop the conversion with a `ConversionError` that lists them;
 4. save safetensors + config, the processor (BERT WordPiece tokenizer from the given `vocab.txt`, the video
    processor with ImageNet (VALOR-B) or CLIP (VALOR-L) statistics, the audio feature extractor) and a model card;
-5. reload the saved folder as [`ValorForRetrieval`] and [`ValorForConditionalGeneration`] and compare retrieval
-   scores and caption logits with an independent forward computed from the ORIGINAL tensors
-   (`reference.verify_conversion`).
+5. reload the saved folder as [`ValorForRetrieval`] and [`ValorForConditionalGeneration`] and compare text
+   features, retrieval scores and caption logits (with VALOR-L's task prompts) with an independent forward
+   computed from the ORIGINAL tensors (`reference.verify_conversion`).
+
+Everything is written into a temporary folder beside `--output_dir` and moved into place only once the parity
+check has passed: a refused conversion leaves nothing loadable behind. An existing `--output_dir` must be empty
+or hold an earlier conversion (which is then replaced as a whole).
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import argparse
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +51,28 @@ from .report import ConversionError, ConversionReport
 logger = logging.getLogger(__name__)
 
 CLI_NAME = "python -m transformers_valor.conversion"
+REPORT_NAME = "conversion_report.json"
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """`output_dir` may be missing, empty, or an earlier conversion (with its report); anything else is refused."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConversionError(f"--output_dir {output_dir} is a file, not a folder.")
+    present = sorted(p.name for p in output_dir.iterdir()) if output_dir.is_dir() else []
+    if present and REPORT_NAME not in present:
+        raise ConversionError(
+            f"{output_dir} holds files that are not a conversion ({', '.join(present[:5])}); give an empty or new "
+            "--output_dir (nothing was written)."
+        )
+
+
+def _publish(tmp: Path, output_dir: Path) -> None:
+    """Move the verified folder `tmp` to `output_dir`, replacing an earlier conversion there."""
+    old = output_dir.with_name(f".{output_dir.name}.replaced-{os.getpid()}")
+    if output_dir.exists():
+        os.replace(output_dir, old)
+    os.replace(tmp, output_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def build_processor(vocab_path: str | os.PathLike, variant: Variant, config: ValorConfig) -> ValorProcessor:
@@ -66,6 +95,17 @@ def build_processor(vocab_path: str | os.PathLike, variant: Variant, config: Val
     return ValorProcessor(
         tokenizer=tokenizer, video_processor=video_processor, feature_extractor=feature_extractor
     )
+
+
+def _set_task_prompt_ids(config: ValorConfig, processor: ValorProcessor | None) -> None:
+    """Store the task prompts' token ids (from the checkpoint's vocabulary) in `config`; VALOR-L needs them."""
+    if processor is not None:
+        config.set_task_prompt_ids(processor.tokenizer)
+    elif config.use_task_prompt:
+        raise ConversionError(
+            "VALOR-L runs with task prompts, whose token ids come from the vocabulary: pass --vocab "
+            "(bert-base-uncased's vocab.txt)."
+        )
 
 
 def _save_model(
@@ -96,8 +136,11 @@ def _write_card_and_report(
     report: ConversionReport,
     push_to_hub: str | None,
     model_card_kwargs: Mapping[str, Any] | None,
+    folder: str | os.PathLike | None = None,
 ) -> None:
-    """Write `README.md` (the model card, with the conversion summary) and `conversion_report.json`."""
+    """Write `README.md` (the model card, with the conversion summary) and `conversion_report.json` into `folder`
+    (default `output_dir`, whose name is the card's model id)."""
+    folder = output_dir if folder is None else folder
     card_kwargs = {
         "model_id": push_to_hub or os.path.basename(os.path.normpath(os.fspath(output_dir))),
         "description": "## Conversion\n\n"
@@ -105,8 +148,8 @@ def _write_card_and_report(
         f"`{CLI_NAME}`.\n\n" + report.summary(),
         **(model_card_kwargs or {}),
     }
-    create_model_card(config, output_dir, **card_kwargs)
-    with open(os.path.join(output_dir, "conversion_report.json"), "w") as handle:
+    create_model_card(config, folder, **card_kwargs)
+    with open(os.path.join(folder, REPORT_NAME), "w") as handle:
         json.dump(
             {"mapped": report.mapped, "dropped": report.dropped, "verification": report.verification},
             handle,
@@ -140,6 +183,7 @@ def convert_checkpoint(
     Writes `model.safetensors` + `config.json` ([`ValorForPreTraining`], loadable by every VALOR head), the
     processor files when `vocab` is given, and `README.md`. With `verify` (default) the saved folder is reloaded
     and compared with the original weights (`verify_conversion`); with `push_to_hub` the folder is uploaded.
+    The files are written to a temporary folder beside `output_dir` and moved there only when every check passed.
 
     Returns:
         The [`ConversionReport`] (mapped / dropped keys, parity results).
@@ -148,13 +192,26 @@ def convert_checkpoint(
     source = os.fspath(checkpoint) if is_path else "<state dict>"
     state_dict = load_original_state_dict(checkpoint) if is_path else dict(checkpoint)
     config = infer_config(state_dict, variant, image_size=image_size, overrides=config_overrides)
-    report = _save_model(state_dict, config, variant, output_dir)
-    if vocab is not None:
-        build_processor(vocab, variant, config).save_pretrained(output_dir)
-    if verify:
-        report.verification = verify_conversion(state_dict, output_dir, variant)
-    logger.info("Converted %s:\n%s", source, report.summary())
-    _write_card_and_report(config, output_dir, source, variant, report, push_to_hub, model_card_kwargs)
+    processor = build_processor(vocab, variant, config) if vocab is not None else None
+    _set_task_prompt_ids(config, processor)
+    output_dir = Path(output_dir)
+    _check_output_dir(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        report = _save_model(state_dict, config, variant, tmp)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        if verify:
+            report.verification = verify_conversion(state_dict, tmp, variant)
+        logger.info("Converted %s:\n%s", source, report.summary())
+        _write_card_and_report(
+            config, output_dir, source, variant, report, push_to_hub, model_card_kwargs, tmp
+        )
+        _publish(tmp, output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if push_to_hub:
         _upload(output_dir, push_to_hub)
     return report

@@ -321,7 +321,7 @@ def _vision_weights(
     converted = convert_clip_vision_state_dict(tower, config.vision_config.image_size, prefix=prefix)
     if encoders.clip_logit_scale is not None:
         if config.logit_scale_type == "log_scale":
-            converted[f"{base_prefix}logit_scale"] = encoders.clip_logit_scale.reshape(())
+            converted[f"{base_prefix}logit_scale"] = encoders.clip_logit_scale.reshape(1)
         else:
             report.dropped["logit_scale"] = "CLIP's logit_scale (this config uses a raw temperature)"
     return converted

@@ -39,7 +39,21 @@ def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     Load a reference checkpoint with `torch.load(weights_only=True)`; unwrap a `{"model": ...}` /
     `{"state_dict": ...}` container and strip a DistributedDataParallel `module.` prefix.
     """
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if os.path.isdir(path):
+        raise ConversionError(
+            f"{path} is a folder; give the .pt state dict file (the one inside the download)."
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (
+        Exception
+    ) as err:  # torch.load raises unrelated types (KeyError, EOFError, UnpicklingError) on bad files
+        raise ConversionError(
+            f"{path} is not a PyTorch checkpoint that `torch.load(weights_only=True)` can read "
+            f"({type(err).__name__}: {err}); give the original VALOR .pt state dict."
+        ) from err
     for container in ("model", "state_dict", "module"):
         if isinstance(obj, Mapping) and container in obj and isinstance(obj[container], Mapping):
             obj = obj[container]
@@ -165,7 +179,7 @@ VIDEO_SWIN_RULES = (
         r"\.(?:weight|bias))$",
         (r"valor.vision_model.\1",),
     ),
-    Rule(r"contra_temp$", ("valor.temperature",)),
+    Rule(r"contra_temp$", ("valor.temperature",), "at_least_1d"),
 )
 
 # (regex, reason) of source keys dropped on purpose.
@@ -221,7 +235,7 @@ def _clip_rules(grid: int) -> list[Rule]:
         Rule(block + r"ln_2\.(weight|bias)$", (vision + r"encoder.layers.\1.layer_norm2.\2",)),
         Rule(block + r"mlp\.c_fc\.(weight|bias)$", (vision + r"encoder.layers.\1.mlp.fc1.\2",)),
         Rule(block + r"mlp\.c_proj\.(weight|bias)$", (vision + r"encoder.layers.\1.mlp.fc2.\2",)),
-        Rule(r"clip_model\.logit_scale$", ("valor.logit_scale",)),
+        Rule(r"clip_model\.logit_scale$", ("valor.logit_scale",), "at_least_1d"),
     ]
 
 
@@ -247,6 +261,8 @@ def _apply_transform(name: str, tensor: torch.Tensor) -> tuple[torch.Tensor, ...
         return (tensor,)
     if name == "split3":
         return tuple(tensor.chunk(3, dim=0))  # in_proj (3W, ...) -> q, k, v
+    if name == "at_least_1d":
+        return (tensor.reshape(1) if tensor.dim() == 0 else tensor,)  # 0-d scalar -> (1,): FSDP2 shards it
     if name == "add_batch_dim":
         return (tensor[None],)  # (N, C) -> (1, N, C)
     if name.startswith("resize_grid_"):

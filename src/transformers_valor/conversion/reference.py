@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..configuration_valor import ValorConfig
+from ..configuration_valor import MODALITY_GROUPS, ValorConfig
 from ..modeling_valor import ValorForConditionalGeneration, ValorForRetrieval
 from .config_inference import Variant
 from .report import ConversionError
@@ -146,34 +146,59 @@ class OriginalValorReference:
         state = _bert_layer_state(self.sd, f"multimodal_encoder.encoder.layer.{index}.", with_cross)
         return _torch_layer(state, self.text_heads, 1e-12, "gelu", norm_first=False, decoder=with_cross)
 
-    def _embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def _embed_text(self, input_ids: torch.Tensor, prompt: bool = False) -> torch.Tensor:
+        """BERT embeddings; a prompt (`bert.py`, `token_type='prompt'`) takes the prompt embedding as its type."""
         sd, p = self.sd, "multimodal_encoder.embeddings."
         positions = torch.arange(input_ids.shape[1])
+        token_type = (
+            sd[p + "prompt_embedding.weight"][0] if prompt else sd[p + "token_type_embeddings.weight"][0]
+        )
         hidden = (
             sd[p + "word_embeddings.weight"][input_ids]
             + sd[p + "position_embeddings.weight"][positions][None]
-            + sd[p + "token_type_embeddings.weight"][0]
         )
         return F.layer_norm(
-            hidden, hidden.shape[-1:], sd[p + "LayerNorm.weight"], sd[p + "LayerNorm.bias"], eps=1e-12
+            hidden + token_type,
+            hidden.shape[-1:],
+            sd[p + "LayerNorm.weight"],
+            sd[p + "LayerNorm.bias"],
+            eps=1e-12,
         )
 
-    def text_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Bidirectional BERT over `input_ids` (padding id 0 masked), `(B, L, H)`."""
-        hidden = self._embed_text(input_ids)
-        padding = input_ids == 0
+    def _with_prompt(self, input_ids: torch.Tensor, prompt_ids: torch.Tensor | None):
+        """The embedded sequence `[text ; prompt]` (the reference appends the prompt) and its padding (id 0)."""
+        hidden, padding = self._embed_text(input_ids), input_ids == 0
+        if prompt_ids is not None:
+            hidden = torch.cat([hidden, self._embed_text(prompt_ids, prompt=True)], dim=1)
+            padding = torch.cat([padding, prompt_ids == 0], dim=1)
+        return hidden, padding
+
+    def text_states(self, input_ids: torch.Tensor, prompt_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Bidirectional BERT over `input_ids` and the appended prompt (padding id 0 masked); text part `(B, L, H)`."""
+        hidden, padding = self._with_prompt(input_ids, prompt_ids)
         for index in range(self.config.text_config.num_hidden_layers):
             hidden = self._bert_layer(index, with_cross=False)(hidden, src_key_padding_mask=padding)
-        return hidden
+        return hidden[:, : input_ids.shape[1]]
 
-    def decoder_logits(self, input_ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """Causal BERT with concatenated cross-attention over `memory`, then the MLM head: `(B, L, vocab)`."""
+    def decoder_logits(
+        self, input_ids: torch.Tensor, memory: torch.Tensor, prompt_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        Causal BERT over `[text ; prompt]` with concatenated cross-attention over `memory`, then the MLM head on
+        the text part: `(B, L, vocab)`. `bert.py`'s causal rule: text rows causal among themselves and seeing the
+        prompt, prompt rows blocked from the text.
+        """
         sd = self.sd
-        hidden = self._embed_text(input_ids)
-        length = input_ids.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool).triu(1)
+        hidden, padding = self._with_prompt(input_ids, prompt_ids)
+        length, total = input_ids.shape[1], hidden.shape[1]
+        blocked = torch.zeros(total, total, dtype=torch.bool)
+        blocked[:length, :length] = torch.ones(length, length, dtype=torch.bool).triu(1)
+        blocked[length:, :length] = True
         for index in range(self.config.text_config.num_hidden_layers):
-            hidden = self._bert_layer(index, with_cross=True)(hidden, memory, tgt_mask=causal)
+            hidden = self._bert_layer(index, with_cross=True)(
+                hidden, memory, tgt_mask=blocked, tgt_key_padding_mask=padding
+            )
+        hidden = hidden[:, :length]
         hidden = F.gelu(F.linear(hidden, sd["cls.dense.weight"], sd["cls.dense.bias"]))
         hidden = F.layer_norm(
             hidden, hidden.shape[-1:], sd["cls.layernorm.weight"], sd["cls.layernorm.bias"], eps=1e-12
@@ -336,10 +361,21 @@ def _retrieval_differences(
     results: dict[str, float] = {}
     for group, scores in expected.items():
         out = retrieval(**inputs, group=group)
-        results[f"retrieval_scores_{group}"] = (out.scores - scores).abs().max().item()
+        out_logits = getattr(out, MODALITY_GROUPS[group].logits_names[0])
+        results[f"retrieval_scores_{group}"] = (out_logits / out.logit_scale - scores).abs().max().item()
         logits = scores * reference.logit_scale()
-        results[f"retrieval_logits_{group}"] = _relative_max_difference(out.logits_per_query, logits)
+        results[f"retrieval_logits_{group}"] = _relative_max_difference(out_logits, logits)
     return results
+
+
+def _task_prompt(config: ValorConfig, variant: Variant, name: str, batch_size: int) -> torch.Tensor | None:
+    """The task prompt `name` the reference appends (`get_task_prompt`) for VALOR-L, whose published recipe runs
+    with `use_task_prompt`, else `None`; its token ids are those the converter stored from the vocabulary."""
+    if variant != "valor-l":
+        return None
+    if not config.task_prompt_ids or name not in config.task_prompt_ids:
+        raise ConversionError(f"VALOR-L runs with task prompts but the config has no token ids for {name!r}.")
+    return torch.tensor(config.task_prompt_ids[name]).repeat(batch_size, 1)
 
 
 def _caption_difference(
@@ -349,13 +385,15 @@ def _caption_difference(
     video_tokens: torch.Tensor,
     audio_tokens: torch.Tensor,
 ) -> float:
-    """Relative difference of the converted captioner's logits from the reference decoder's (first sample)."""
+    """Relative difference of the converted captioner's logits from the reference decoder's (first sample), with
+    the captioning task prompt when the config uses task prompts."""
     captioner = ValorForConditionalGeneration.from_pretrained(model_dir).eval()
     decoder_ids = inputs["input_ids"][:1, :5]  # [CLS] w1 .. w4, no padding
     memory = torch.cat(
         [reference.adapt("video", video_tokens[:1]), reference.adapt("audio", audio_tokens[:1])], 1
     )
-    expected_logits = reference.decoder_logits(decoder_ids, memory)
+    prompt = _task_prompt(captioner.config, reference.variant, "captioning", 1)
+    expected_logits = reference.decoder_logits(decoder_ids, memory, prompt)
     logits = captioner(
         input_ids=decoder_ids,
         pixel_values_videos=inputs["pixel_values_videos"][:1],
@@ -374,8 +412,11 @@ def verify_conversion(
 ) -> dict[str, float]:
     """
     Reload the converted folder as [`ValorForRetrieval`] and [`ValorForConditionalGeneration`] and compare with
-    [`OriginalValorReference`] on seeded inputs: retrieval scores and logits of the `tv`, `ta` and `tva` groups
-    (text with padding), and the caption (MLM) logits of the decoder conditioned on video and audio.
+    [`OriginalValorReference`] on seeded inputs: the text features, retrieval scores and logits of the `tv`, `ta`
+    and `tva` groups (text with padding), and the caption (MLM) logits of the decoder conditioned on video and
+    audio. For VALOR-L the reference runs the text encoder with the `retrieval` prompt and the decoder with the
+    `captioning` prompt, as the original code does with `use_task_prompt`; the converted models must add them
+    themselves.
 
     Returns:
         `dict[str, float]` of max absolute differences. Raises `ConversionError` when one exceeds `atol` (scaled
@@ -388,7 +429,9 @@ def verify_conversion(
     ids, pixels, spec = inputs["input_ids"], inputs["pixel_values_videos"], inputs["input_features"]
 
     text_mask = (ids != config.text_config.pad_token_id).long()
-    text = reference.project("text", reference.text_states(ids))
+    text = reference.project(
+        "text", reference.text_states(ids, _task_prompt(config, variant, "retrieval", len(ids)))
+    )
     if variant == "valor-l":
         video_tokens = reference.clip_video_tokens(pixels)
     else:
@@ -400,6 +443,9 @@ def verify_conversion(
     if config.contrastive_type != "fine":
         raise ConversionError("Parity checks cover the fine-grained MGA of the published checkpoints only.")
     results = _retrieval_differences(retrieval, reference, inputs, expected)
+    valid = text_mask.bool()
+    features = retrieval.valor.get_text_features(ids).embeds
+    results["text_features"] = (features[valid] - text[0][valid]).abs().max().item()
     del retrieval
 
     if config.cross_attention_layout == "concat":

@@ -45,7 +45,9 @@ from ..configuration_valor import CAPTION_GROUPS, CONTRASTIVE_GROUPS, MODALITY_G
 
 logger = logging.getLogger(__name__)
 
-AnnotationFormat = Literal["metadata", "valor_json", "hub", "msrvtt", "vatex", "audiocaps", "clotho"]
+AnnotationFormat = Literal[
+    "metadata", "valor_json", "hub", "msrvtt", "vatex", "audiocaps", "clotho", "webdataset"
+]
 ANNOTATION_FORMATS: tuple[str, ...] = (
     "metadata",
     "valor_json",
@@ -54,7 +56,10 @@ ANNOTATION_FORMATS: tuple[str, ...] = (
     "vatex",
     "audiocaps",
     "clotho",
+    "webdataset",
 )
+# Formats streamed from WebDataset tar shards (`data.shards`, `data.streaming`) instead of loaded as a table.
+STREAMED_FORMATS: tuple[str, ...] = ("webdataset",)
 Modality = Literal["audiovisual", "video", "image", "audio"]
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv")
@@ -67,6 +72,7 @@ DEFAULT_GROUPS: dict[str, list[str]] = {
     "audio": ["ta"],
 }
 _ID_KEYS = ("video_id", "clip_id", "id", "image_id")
+_METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 _CAPTION_KEYS = ("desc", "captions", "caption", "descs", "text")
 
 
@@ -79,7 +85,9 @@ class DatasetConfig:
         name (`str`): short name, used in logs and to key the decoded cache.
         path (`str`): the dataset folder, or a Hub id for `format: hub`.
         format (`str`, defaults to `"metadata"`): `"metadata"`, `"valor_json"`, `"hub"`, or a benchmark layout:
-            `"msrvtt"`, `"vatex"`, `"audiocaps"`, `"clotho"` (see the module doc and docs/tasks/).
+            `"msrvtt"`, `"vatex"`, `"audiocaps"`, `"clotho"` (see the module doc and docs/tasks/), or
+            `"webdataset"`: tar shards written by `python -m transformers_valor.data.shards`, streamed in training
+            (`path` is the folder holding their `shards.json`; see `data.streaming`).
         split (`str`, defaults to `"train"`): split sub-folder (`metadata`), or split name (`hub`).
         annotation_file (`str`, *optional*): `valor_json`, `msrvtt`, `vatex`, `audiocaps`, `clotho`: the annotation
             file (relative to `path` or absolute); `metadata`: a specific metadata file instead of
@@ -100,6 +108,9 @@ class DatasetConfig:
             only the soundtrack is used).
         contrastive_groups / caption_groups (`list[str]`, *optional*): MGA / MGC groups trained on this dataset;
             default `[tva, tv, ta]` for audiovisual data, `[ta]` for audio and `[tv]` otherwise.
+        mlm_groups (`list[str]`, defaults to `[]`): groups of the conditioned masked language modelling objective
+            (`tv`, `ta`, `tva`; pretraining only), e.g. `[tv]` for VALOR-L's video-only corpora (the reference's
+            `pt_contra%tv_caption%tv_mlm%tv`).
         ratio (`float`, defaults to 1.0): sampling weight of the dataset in the mix (batches are drawn with
             probability proportional to it).
         num_frames (`int`, defaults to 4): frames sampled per video (forced to 1 for images).
@@ -121,6 +132,7 @@ class DatasetConfig:
     modality: Modality = "audiovisual"
     contrastive_groups: list[str] | None = None
     caption_groups: list[str] | None = None
+    mlm_groups: list[str] = field(default_factory=list)
     ratio: float = 1.0
     num_frames: int = 4
     num_clips: int = 1
@@ -141,24 +153,29 @@ class DatasetConfig:
             self.caption_groups = [g for g in DEFAULT_GROUPS[self.modality] if g in CAPTION_GROUPS]
         self.contrastive_groups = list(self.contrastive_groups)
         self.caption_groups = list(self.caption_groups)
+        self.mlm_groups = list(self.mlm_groups or [])
         for group in self.contrastive_groups:
             if group not in CONTRASTIVE_GROUPS:
                 raise ValueError(f"dataset {self.name!r}: unknown contrastive group {group!r}.")
-        for group in self.caption_groups:
-            if group not in CAPTION_GROUPS:
-                raise ValueError(f"dataset {self.name!r}: unknown caption group {group!r}.")
+        for kind, groups in (("caption", self.caption_groups), ("mlm", self.mlm_groups)):
+            for group in groups:
+                if group not in CAPTION_GROUPS:
+                    raise ValueError(f"dataset {self.name!r}: unknown {kind} group {group!r}.")
         read = set().union(
-            *(MODALITY_GROUPS[g].modalities for g in self.contrastive_groups + self.caption_groups)
+            *(
+                MODALITY_GROUPS[g].modalities
+                for g in self.contrastive_groups + self.caption_groups + self.mlm_groups
+            )
         )
         if not self.uses_video and "video" in read:
             raise ValueError(
                 f"dataset {self.name!r} has modality 'audio' (no frames) but trains video groups "
-                f"{self.contrastive_groups} / {self.caption_groups}."
+                f"{self.contrastive_groups} / {self.caption_groups} / {self.mlm_groups}."
             )
         if not self.uses_audio and "audio" in read:
             raise ValueError(
                 f"dataset {self.name!r} has modality {self.modality!r} (no audio) but trains audio groups "
-                f"{self.contrastive_groups} / {self.caption_groups}."
+                f"{self.contrastive_groups} / {self.caption_groups} / {self.mlm_groups}."
             )
         if self.ratio <= 0:
             raise ValueError(f"dataset {self.name!r}: `ratio` must be > 0, got {self.ratio}.")
@@ -204,13 +221,29 @@ def _index_videos(video_dir: Path) -> dict[str, str]:
     return index
 
 
+def _split_folder(root: Path, config: DatasetConfig) -> Path:
+    """`<root>/<split>`, or `root` itself when it has no split sub-folders; a missing split is named."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset {config.name!r}: no such folder {root}.")
+    if (root / config.split).is_dir():
+        return root / config.split
+    splits = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and any((p / m).is_file() for m in _METADATA_FILES)
+    )
+    if splits and config.annotation_file is None:
+        raise FileNotFoundError(
+            f"dataset {config.name!r}: no split {config.split!r} in {root}; its splits are {splits}."
+        )
+    return root
+
+
 def _load_metadata(config: DatasetConfig) -> datasets.Dataset:
     root = Path(config.path).expanduser()
-    folder = root / config.split if (root / config.split).is_dir() else root
+    folder = _split_folder(root, config)
     if config.annotation_file is not None:
         meta = _resolve(root, config.annotation_file)
     else:
-        candidates = [folder / "metadata.jsonl", folder / "metadata.csv"]
+        candidates = [folder / name for name in _METADATA_FILES]
         meta = next((c for c in candidates if c.is_file()), None)
         if meta is None:
             raise FileNotFoundError(
@@ -408,7 +441,10 @@ def _load_clotho(config: DatasetConfig) -> datasets.Dataset:
 
 
 def _load_hub(config: DatasetConfig) -> datasets.Dataset:
-    table = datasets.load_dataset(config.path, split=config.split)
+    try:
+        table = datasets.load_dataset(config.path, split=config.split)
+    except ValueError as err:  # `datasets` names an unknown split and lists the known ones
+        raise ValueError(f"dataset {config.name!r} ({config.path}, split {config.split!r}): {err}") from err
     feature = table.features.get(config.video_column)
     if feature is not None and hasattr(feature, "decode"):
         table = table.cast_column(config.video_column, type(feature)(decode=False))
@@ -466,6 +502,11 @@ def load_video_text_dataset(config: DatasetConfig) -> datasets.Dataset:
         "audiocaps": _load_audiocaps,
         "clotho": _load_clotho,
     }
+    if config.format in STREAMED_FORMATS:
+        raise ValueError(
+            f"dataset {config.name!r}: `format: {config.format}` is streamed from its shards by training "
+            "(`data.streaming`), not loaded as a table; evaluation and the decoded cache need an annotation format."
+        )
     table = loaders[config.format](config)
     if config.max_samples is not None:
         table = table.select(range(min(config.max_samples, len(table))))
@@ -546,6 +587,17 @@ def _seed_of(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+def batch_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """The seed of the batch process `rank` trains at `step` of `epoch` (caption choice, frames, masking)."""
+    return _seed_of(seed, epoch, step, rank)
+
+
+def dataset_choices(seed: int, epoch: int, count: int, probabilities: np.ndarray) -> np.ndarray:
+    """The dataset of each of the `count` global batches of `epoch`: drawn with `probabilities`, a pure function
+    of `(seed, epoch)`, the same on every process (map-style and streamed data alike)."""
+    return np.random.default_rng([seed, epoch, 0]).choice(len(probabilities), size=count, p=probabilities)
+
+
 class MixedBatchSampler(Sampler[list[SampleRef]]):
     """
     Batches drawn from a mix of datasets: each global batch comes from ONE dataset, picked with probability
@@ -603,8 +655,7 @@ class MixedBatchSampler(Sampler[list[SampleRef]]):
         return self.batches_per_epoch
 
     def __iter__(self) -> Iterator[list[SampleRef]]:
-        rng = np.random.default_rng([self.seed, self.epoch, 0])
-        choices = rng.choice(len(self.sizes), size=self.batches_per_epoch, p=self.probabilities)
+        choices = dataset_choices(self.seed, self.epoch, self.batches_per_epoch, self.probabilities)
         orders: list[list[int]] = [[] for _ in self.sizes]
         cursors = [0] * len(self.sizes)
         passes = [0] * len(self.sizes)
@@ -619,8 +670,8 @@ class MixedBatchSampler(Sampler[list[SampleRef]]):
                 passes[d] += 1
             rows = orders[d][cursors[d] + start : cursors[d] + stop]
             cursors[d] += self.global_batch_size
-            batch_seed = _seed_of(self.seed, self.epoch, step, self.rank)
-            yield [SampleRef(d, row, batch_seed) for row in rows]
+            seed = batch_seed(self.seed, self.epoch, step, self.rank)
+            yield [SampleRef(d, row, seed) for row in rows]
 
 
 @dataclass

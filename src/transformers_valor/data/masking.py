@@ -1,14 +1,22 @@
-"""VALOR's caption masking for Multimodal Grouping Captioning, shared by the collator, the scripts and the tests.
+"""VALOR's token masking (the reference's `TokenMasker`), shared by the collator, the scripts and the tests.
 
-`unimlm` (VALOR_SPEC section 3): every non-padding token after [CLS] is masked with probability 0.6, at least
-one per sentence; a masked token becomes [MASK] 80% of the time, a random token 10%, and stays unchanged 10%.
-Labels hold the original token at masked positions and -100 elsewhere. Everything is vectorised over the batch
-and driven by an explicit `torch.Generator`, so a seed reproduces the masking exactly.
+Every non-padding token after [CLS] is masked with a probability that depends on the objective (0.6 for the MGC
+caption objective `unimlm`, 0.15 for conditioned MLM, 0.99 for question-answering answers), at least one per
+sentence: like the reference, which redraws a sentence until one token is drawn, a sentence without any draw is
+drawn again, so the masked set follows the Bernoulli draws conditioned on being non-empty. A masked token becomes
+[MASK] 80% of the time, a random token 10%, and stays unchanged 10%. Labels hold the original token at masked
+positions and -100 elsewhere. Everything is vectorised over the batch and driven by an explicit
+`torch.Generator`, so a seed reproduces the masking exactly.
 """
 
 from dataclasses import dataclass
 
 import torch
+
+# The reference's masking rates (`text_masker(tokens, p)` in `model/pretrain.py`).
+CAPTION_MASK_PROBABILITY = 0.6
+MLM_MASK_PROBABILITY = 0.15
+ANSWER_MASK_PROBABILITY = 0.99
 
 
 @dataclass
@@ -21,7 +29,8 @@ class CaptionMaskingConfig:
         pad_token_id (`int`): id of [PAD]; padding is never masked.
         random_token_range (`tuple[int, int]`): half-open id range random replacements are drawn from
             (BERT uncased: 106..30522, i.e. everything after the special and unused entries).
-        mask_probability (`float`, defaults to 0.6): share of eligible tokens masked.
+        mask_probability (`float`, defaults to 0.6): probability that an eligible token is masked
+            (`CAPTION_MASK_PROBABILITY`; `MLM_MASK_PROBABILITY` and `ANSWER_MASK_PROBABILITY` for the others).
         mask_replace_probability (`float`, defaults to 0.8): share of masked tokens set to [MASK].
         random_replace_probability (`float`, defaults to 0.1): share of masked tokens set to a random id; the
             rest keep their original id.
@@ -30,7 +39,7 @@ class CaptionMaskingConfig:
     mask_token_id: int
     pad_token_id: int
     random_token_range: tuple[int, int]
-    mask_probability: float = 0.6
+    mask_probability: float = CAPTION_MASK_PROBABILITY
     mask_replace_probability: float = 0.8
     random_replace_probability: float = 0.1
 
@@ -62,7 +71,8 @@ def mask_captions(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.LongTensor, torch.LongTensor]:
     """
-    Apply VALOR's `unimlm` masking to a batch of captions `[CLS] w1 .. wn [SEP] [PAD]..`.
+    Apply VALOR's token masking (MGC `unimlm`, conditioned MLM, QA answers: `config.mask_probability`) to a batch
+    of captions `[CLS] w1 .. wn [SEP] [PAD]..`.
 
     Args:
         input_ids (`torch.LongTensor` of shape `(batch_size, length)`): tokenised captions; the input is not modified.
@@ -87,10 +97,11 @@ def mask_captions(
         )
 
     masked = (uniform(*input_ids.shape) < config.mask_probability) & eligible
-    # At least one masked token per sentence: where none was drawn, take one eligible position at random.
-    random_scores = uniform(*input_ids.shape).masked_fill(~eligible, -1.0)
-    forced = torch.zeros_like(masked).scatter_(1, random_scores.argmax(dim=1, keepdim=True), True)
-    masked = masked | (forced & ~masked.any(dim=1, keepdim=True))
+    empty = ~masked.any(dim=1)
+    while bool(empty.any()):  # at least one masked token per sentence: draw those sentences again
+        redraw = (uniform(int(empty.sum()), input_ids.shape[1]) < config.mask_probability) & eligible[empty]
+        masked[empty] = redraw
+        empty = ~masked.any(dim=1)
 
     labels = input_ids.masked_fill(~masked, -100)
     choice = uniform(*input_ids.shape)

@@ -7,10 +7,11 @@ registry, so that `pipeline("audiovisual-captioning", model=...)` works for a sa
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from ..modeling_valor import ValorForConditionalGeneration, ValorModel
+from ..retrieval.gallery import VideoGallery
 from .audiovisual_captioning import AudioVisualCaptioningPipeline
 from .audiovisual_question_answering import AudioVisualQuestionAnsweringPipeline
-from .audiovisual_retrieval import AudioVisualRetrievalPipeline, VideoGallery
-from .base import MODALITIES
+from .audiovisual_retrieval import AudioVisualRetrievalPipeline
+from .base import MODALITIES, PipelineInputError, PipelineInputNotFoundError
 
 # task name -> (pipeline class, model class loaded for a checkpoint name)
 VALOR_PIPELINES: dict[str, tuple[type, type]] = {
@@ -35,6 +36,8 @@ __all__ = [
     "AudioVisualQuestionAnsweringPipeline",
     "AudioVisualRetrievalPipeline",
     "MODALITIES",
+    "PipelineInputError",
+    "PipelineInputNotFoundError",
     "VALOR_PIPELINES",
     "VideoGallery",
     "register_pipelines",

@@ -6,6 +6,7 @@ from typing import Any
 
 from transformers import GenerationConfig
 
+from ..generation_valor import VALOR_CAPTION_DECODING
 from .base import Modalities, ValorGenerationPipeline
 
 
@@ -14,16 +15,18 @@ class AudioVisualCaptioningPipeline(ValorGenerationPipeline):
     Captions local video files with [`ValorForConditionalGeneration`] and a [`ValorProcessor`].
 
     Each input is the path of a video file (or a list of paths); each gives `[{"generated_text": str}]` (one
-    dict per returned sequence). When the model's config has `use_task_prompt`, its `task_prompt` is fed to the
-    decoder as VALOR-L does. Decoding defaults to VALOR's beam search of 3 and at most 30 new tokens, unless
-    the model's generation config or the caller sets them.
+    dict per returned sequence). When the model's config has `use_task_prompt` (VALOR-L), the model decodes with
+    its `captioning` task prompt. Decoding defaults to VALOR's: beam search of 3 ranked by the summed
+    log-probability (`beam_ranking="valor"`, `length_penalty=0.0`) and at most 30 new tokens, unless the model's
+    generation config or the caller sets them.
 
     Call arguments (also accepted when the pipeline is built):
         modalities (`str`, defaults to `"both"`): condition on the `"video"` frames, the `"audio"` soundtrack or
             `"both"`. A video without a soundtrack gets silent (all-zero) audio under `"both"`.
         num_frames / num_clips (`int`, *optional*): frames and audio clips sampled per video (default: the
             processor's settings).
-        prompt (`str`, *optional*): a prompt for the decoder, replacing the config's task prompt; `""` for none.
+        prompt (`str`, *optional*): a prompt for the decoder, replacing the config's task prompt; `""` for none
+            (not even the task prompt).
         processor_kwargs (`dict`, *optional*): further [`ValorProcessor`] arguments (`size`, `video_backend`, ...).
         generate_kwargs (`dict`, *optional*) and any generation parameter (`num_beams`, `max_new_tokens`,
             `do_sample`, `num_return_sequences`, ...): passed to `generate()`.
@@ -40,7 +43,7 @@ class AudioVisualCaptioningPipeline(ValorGenerationPipeline):
     ```
     """
 
-    _default_generation_config = GenerationConfig(num_beams=3, max_new_tokens=30)
+    _default_generation_config = GenerationConfig(**VALOR_CAPTION_DECODING)
 
     def __call__(self, inputs, **kwargs) -> list[dict[str, str]] | list[list[dict[str, str]]]:
         """
@@ -73,12 +76,14 @@ class AudioVisualCaptioningPipeline(ValorGenerationPipeline):
             if not isinstance(prompt, str):
                 raise TypeError(f"`prompt` must be a string, got a {type(prompt).__name__}.")
             preprocess_params["prompt"] = prompt
+            if not prompt:
+                forward_params.setdefault("generate_kwargs", {})["use_task_prompt"] = False
         postprocess_params = {}
         if skip_special_tokens is not None:
             postprocess_params["skip_special_tokens"] = skip_special_tokens
         return preprocess_params, forward_params, postprocess_params
 
-    def preprocess(
+    def preprocess_input(
         self,
         inputs: Any,
         modalities: Modalities = "both",
@@ -87,9 +92,7 @@ class AudioVisualCaptioningPipeline(ValorGenerationPipeline):
         prompt: str | None = None,
         processor_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Decode and process one video file; add the task prompt when the config turns it on."""
-        if prompt is None and self.model.config.use_task_prompt:
-            prompt = self.model.config.task_prompt
+        """Decode and process one video file (and tokenise `prompt`; the model adds its own task prompt)."""
         return self._encode_media(inputs, modalities, num_frames, num_clips, processor_kwargs, prompt)
 
     def postprocess(

@@ -12,9 +12,10 @@ from .base import Modalities, ValorGenerationPipeline
 
 class AudioVisualQuestionAnsweringPipeline(ValorGenerationPipeline):
     """
-    Answers questions about local video files with [`ValorForConditionalGeneration`]: the question is fed to
-    the decoder as its prompt (a bidirectional prefix every answer token sees) and the answer is decoded
-    greedily, as VALOR does for QA, unless `num_beams` / `do_sample` / `generation_config` are given.
+    Answers questions about local video files with [`ValorForConditionalGeneration`]: the question is passed as
+    `question_ids` and the model composes its decoder prompt (the question itself, or with `use_task_prompt`
+    (VALOR-L) `[CLS] answer the question` + the question), and the answer is decoded greedily, as VALOR does for
+    QA, unless `num_beams` / `do_sample` / `generation_config` are given.
 
     Inputs: `pipe(video, question)`, `pipe({"video": path, "question": str})` or a list of such dicts. A list of
     videos with one question asks it of each video; one video with a list of questions asks each; two lists of
@@ -98,7 +99,7 @@ class AudioVisualQuestionAnsweringPipeline(ValorGenerationPipeline):
             postprocess_params["skip_special_tokens"] = skip_special_tokens
         return preprocess_params, forward_params, postprocess_params
 
-    def preprocess(
+    def preprocess_input(
         self,
         inputs: dict[str, Any],
         modalities: Modalities = "both",
@@ -106,15 +107,18 @@ class AudioVisualQuestionAnsweringPipeline(ValorGenerationPipeline):
         num_clips: int | None = None,
         processor_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Decode and process the video of a `{"video", "question"}` pair; the question becomes `prompt_ids`."""
+        """Decode and process the video of a `{"video", "question"}` pair; the question becomes `question_ids`."""
         if not isinstance(inputs, dict) or set(inputs) != {"video", "question"}:
             raise ValueError(f"Each input must be a dict with keys 'video' and 'question', got {inputs!r}.")
         question = inputs["question"]
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"The question must be a non-empty string, got {question!r}.")
-        return self._encode_media(
+        model_inputs = self._encode_media(
             inputs["video"], modalities, num_frames, num_clips, processor_kwargs, question
         )
+        model_inputs["question_ids"] = model_inputs.pop("prompt_ids")
+        model_inputs["question_attention_mask"] = model_inputs.pop("prompt_attention_mask")
+        return model_inputs
 
     def postprocess(
         self, model_outputs: dict[str, Any], skip_special_tokens: bool = True

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from transformers import Pipeline
 
 from ..configuration_valor import ModalityGroup, get_modality_group
-from ..modeling_valor import ValorFeatures, ValorModel, concat_feature_batches
-from .base import check_positive_int, check_video_path, media_inputs
+from ..modeling_valor import ValorModel
+from ..retrieval.encoding import encode_gallery
+from ..retrieval.gallery import MANIFEST, StorageDtype, VideoGallery
+from ..retrieval.search import DEFAULT_NUM_CANDIDATES, SearchHits, search
+from .base import check_positive_int, check_video_paths, raise_for_failed_inputs
 
 RetrievalGroup = Literal["tv", "ta", "tva"]
 
@@ -21,65 +24,31 @@ def check_group(group: str) -> ModalityGroup:
     return get_modality_group(group, "retrieval")
 
 
-def _mga_only(features: ValorFeatures) -> ValorFeatures:
-    """Keep what scoring needs (drop the encoder tokens) and move it to the CPU."""
-    return ValorFeatures(
-        embeds=features.embeds.cpu(),
-        mask=features.mask.cpu(),
-        weight_logits=None if features.weight_logits is None else features.weight_logits.cpu(),
-        pooled_embeds=features.pooled_embeds.cpu(),
-    )
-
-
-def _to_device(features: ValorFeatures | None, device: torch.device) -> ValorFeatures | None:
-    if features is None:
-        return None
-    return ValorFeatures(**{name: value.to(device) for name, value in features.items()})
-
-
-@dataclass
-class VideoGallery:
-    """
-    Videos encoded once for retrieval, from [`AudioVisualRetrievalPipeline.encode_videos`]; pass it as `videos=`
-    to search the same collection with many calls without decoding or encoding the videos again.
-
-    Args:
-        videos (`list[str]`): the video paths, in order.
-        video_features ([`ValorFeatures`], *optional*): per-frame MGA features `(num_videos, frames, dim)`.
-        audio_features ([`ValorFeatures`], *optional*): per-clip MGA features `(num_videos, clips, dim)`.
-    """
-
-    videos: list[str]
-    video_features: ValorFeatures | None = None
-    audio_features: ValorFeatures | None = None
-
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def check_group(self, group: RetrievalGroup) -> None:
-        """Raise a `ValueError` when the gallery lacks a modality that `group` compares with."""
-        present = {"video": self.video_features is not None, "audio": self.audio_features is not None}
-        missing = [m for m in check_group(group).candidates if not present[m]]
-        if missing:
-            raise ValueError(
-                f"Group {group!r} needs {' and '.join(missing)} features, which this gallery was not encoded with; "
-                f"encode it with `group={group!r}` (or 'tva', which serves every group)."
-            )
+def is_gallery_folder(videos: Any) -> bool:
+    """Whether `videos` is the path of a saved [`VideoGallery`] folder."""
+    return isinstance(videos, (str, os.PathLike)) and (Path(videos) / MANIFEST).is_file()
 
 
 class AudioVisualRetrievalPipeline(Pipeline):
     """
     Text-to-video retrieval with [`ValorModel`] (or any VALOR head holding one, e.g. [`ValorForRetrieval`]):
-    every text query is scored against every video of a collection with VALOR's MGA similarity for the chosen
-    modality group, and the videos are returned best first.
+    text queries are scored against a collection of videos with VALOR's MGA similarity for the chosen modality
+    group, and the videos are returned best first.
 
-    Each video is decoded and encoded once per call, whatever the number of queries; `encode_videos` returns
-    a [`VideoGallery`] that can be passed as `videos=` to reuse the encodings across calls.
+    `videos` is a list of video files (each decoded and encoded once per call, whatever the number of queries),
+    a [`VideoGallery`] (from `encode_videos` or `VideoGallery.load`), or the folder of a saved gallery (loaded
+    and checked against the pipeline's model). A gallery with a first-stage index for the group
+    (`gallery.build_index(group)`) is searched in two stages: the index proposes `num_candidates` videos, the
+    exact fine-grained score re-ranks them. Otherwise every video is scored (exhaustive search).
 
     Call arguments (also accepted when the pipeline is built):
-        videos (`list[str]` or [`VideoGallery`]): the collection to search (required at call time).
+        videos (`list[str]`, [`VideoGallery`] or a gallery folder): the collection to search (required).
         group (`str`, defaults to `"tva"`): `"tv"` text-video, `"ta"` text-audio, `"tva"` text-audiovisual.
-        top_k (`int`, *optional*): number of matches per query (default: every video).
+        top_k (`int`, *optional*): number of matches per query (default: every video; with two stages, every
+            re-ranked candidate).
+        num_candidates (`int`, defaults to 1000): first-stage candidates re-ranked per query (two stages only).
+        exhaustive (`bool`, *optional*): `True` scores every video even when the gallery has an index; `False`
+            requires the index; default: two stages exactly when the gallery has an index for `group`.
         num_frames / num_clips (`int`, *optional*): frames and audio clips per video (default: the processor's).
         video_batch_size (`int`, defaults to 8): videos decoded and encoded together.
         processor_kwargs (`dict`, *optional*): further [`ValorProcessor`] arguments for the videos.
@@ -94,6 +63,7 @@ class AudioVisualRetrievalPipeline(Pipeline):
     >>> retriever = pipeline("audiovisual-retrieval", model="path/or/repo")  # doctest: +SKIP
     >>> retriever(["a dog barks", "a man plays guitar"], videos=["dog.mp4", "guitar.mp4"], top_k=1)  # doctest: +SKIP
     [[{'video': 'dog.mp4', 'score': 0.41}], [{'video': 'guitar.mp4', 'score': 0.38}]]
+    >>> retriever("a dog barks", videos="my_gallery/", top_k=10)  # doctest: +SKIP
     ```
     """
 
@@ -118,8 +88,22 @@ class AudioVisualRetrievalPipeline(Pipeline):
             )
         self.valor = valor
 
+    def _collection(self, videos: Any) -> list[str] | VideoGallery:
+        """A gallery object, a loaded gallery folder (checked against the model), or checked video paths."""
+        if isinstance(videos, VideoGallery):
+            return videos
+        if is_gallery_folder(videos):
+            return VideoGallery.load(videos, model=self.valor)
+        if isinstance(videos, (str, os.PathLike)):
+            if Path(videos).is_dir():
+                raise FileNotFoundError(
+                    f"{os.fspath(videos)!r} is a folder without {MANIFEST}: not a saved gallery."
+                )
+            videos = [videos]
+        return check_video_paths(videos)
+
     def __call__(
-        self, text: str | list[str], videos: Sequence[str] | VideoGallery | None = None, **kwargs
+        self, text: str | list[str], videos: Sequence[str] | VideoGallery | str | None = None, **kwargs
     ) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
         """
         Rank `videos` for each text query.
@@ -130,18 +114,21 @@ class AudioVisualRetrievalPipeline(Pipeline):
 
         Raises:
             FileNotFoundError: a video path is not an existing file (the message names it).
-            ValueError: no videos or no queries, an unknown `group`, or a non-positive `top_k`.
+            GalleryMismatchError: a saved gallery was built with another model.
+            ValueError: no videos or no queries, an unknown `group`, a non-positive `top_k`, or a `top_k` above
+                `num_candidates` in a two-stage search.
         """
         if videos is None:
+            if is_gallery_folder(self._default_videos):  # given when the pipeline was built: loaded once
+                self._default_videos = self._collection(self._default_videos)
             videos = self._default_videos
         if videos is None:
-            raise ValueError("Give the videos to search: `pipe(queries, videos=[path, ...])`.")
+            raise ValueError("Give the videos to search: `pipe(queries, videos=[path, ...])` or a gallery.")
         single = isinstance(text, str)
         queries = [text] if single else list(text)
         if not queries or not all(isinstance(q, str) for q in queries):
             raise ValueError("`text` must be a query string or a non-empty list of query strings.")
-        if not isinstance(videos, VideoGallery):
-            videos = [check_video_path(v) for v in videos]
+        videos = self._collection(videos)
         if len(videos) == 0:
             raise ValueError("`videos` is empty: give at least one video to search.")
         ranked = super().__call__({"queries": queries, "videos": videos}, **kwargs)
@@ -149,9 +136,11 @@ class AudioVisualRetrievalPipeline(Pipeline):
 
     def _sanitize_parameters(
         self,
-        videos: Sequence[str] | VideoGallery | None = None,
+        videos: Sequence[str] | VideoGallery | str | None = None,
         group: RetrievalGroup | None = None,
         top_k: int | None = None,
+        num_candidates: int | None = None,
+        exhaustive: bool | None = None,
         num_frames: int | None = None,
         num_clips: int | None = None,
         video_batch_size: int | None = None,
@@ -165,18 +154,22 @@ class AudioVisualRetrievalPipeline(Pipeline):
         forward_params: dict[str, Any] = {}
         if group is not None:
             forward_params["group"] = check_group(group).name
-        if num_frames is not None:
-            forward_params["num_frames"] = check_positive_int("num_frames", num_frames)
-        if num_clips is not None:
-            forward_params["num_clips"] = check_positive_int("num_clips", num_clips)
-        if video_batch_size is not None:
-            forward_params["video_batch_size"] = check_positive_int("video_batch_size", video_batch_size)
+        for name, value in (
+            ("top_k", top_k),
+            ("num_candidates", num_candidates),
+            ("num_frames", num_frames),
+            ("num_clips", num_clips),
+            ("video_batch_size", video_batch_size),
+        ):
+            if value is not None:
+                forward_params[name] = check_positive_int(name, value)
+        if exhaustive is not None:
+            if not isinstance(exhaustive, bool):
+                raise ValueError(f"`exhaustive` must be True, False or None, got {exhaustive!r}.")
+            forward_params["exhaustive"] = exhaustive
         if processor_kwargs is not None:
             forward_params["processor_kwargs"] = dict(processor_kwargs)
-        postprocess_params = {}
-        if top_k is not None:
-            postprocess_params["top_k"] = check_positive_int("top_k", top_k)
-        return {}, forward_params, postprocess_params
+        return {}, forward_params, {}
 
     def encode_videos(
         self,
@@ -186,9 +179,15 @@ class AudioVisualRetrievalPipeline(Pipeline):
         num_clips: int | None = None,
         video_batch_size: int = 8,
         processor_kwargs: dict[str, Any] | None = None,
+        path: str | os.PathLike | None = None,
+        num_workers: int = 0,
+        dtype: StorageDtype = "float32",
+        progress: bool = False,
+        return_errors: bool = False,
     ) -> VideoGallery:
         """
-        Decode and encode a collection of videos once, `video_batch_size` at a time.
+        Decode and encode a collection of videos once, `video_batch_size` at a time (see
+        `transformers_valor.retrieval.encode_gallery`, which this calls with the pipeline's model and processor).
 
         Args:
             videos (`list[str]`): video file paths.
@@ -196,39 +195,41 @@ class AudioVisualRetrievalPipeline(Pipeline):
                 `"ta"` soundtracks only, `"tva"` both (usable for every group).
             num_frames / num_clips / processor_kwargs: as for the call.
             video_batch_size (`int`, defaults to 8): videos per encoder batch.
+            path (`str`, *optional*): save the gallery in this folder (resumable: a second call continues it).
+            num_workers (`int`, defaults to 0): DataLoader processes that decode the videos.
+            dtype (`str`, defaults to `"float32"`): feature storage type (`"float16"` halves it).
+            progress (`bool`, defaults to `False`): show a progress bar.
+            return_errors (`bool`, defaults to `False`): return the gallery of the videos that could be decoded,
+                the others listed by `gallery.failures()`, instead of raising.
 
         Returns:
-            A [`VideoGallery`] holding the MGA features on the CPU.
+            A [`VideoGallery`]. Without `return_errors`, a video that cannot be decoded raises a
+            `PipelineInputError` naming its position in `videos` and its path, with the gallery of the other
+            videos (already encoded) as its `.results`.
         """
-        spec = check_group(group)
-        modalities = spec.candidates
         check_positive_int("video_batch_size", video_batch_size)
-        paths = [check_video_path(v) for v in videos]
+        paths = check_video_paths(videos)
         if not paths:
             raise ValueError("`videos` is empty: give at least one video to encode.")
-        video_chunks: list[ValorFeatures] = []
-        audio_chunks: list[ValorFeatures] = []
-        with self.device_placement(), torch.no_grad():
-            for start in range(0, len(paths), video_batch_size):
-                chunk = paths[start : start + video_batch_size]
-                inputs = media_inputs(
-                    self.processor, chunk, spec.media, num_frames, num_clips, processor_kwargs
-                )
-                inputs = self._ensure_tensor_on_device(dict(inputs), device=self.device)
-                if "video" in modalities:
-                    video_chunks.append(
-                        _mga_only(self.valor.get_video_features(inputs["pixel_values_videos"]))
-                    )
-                if "audio" in modalities:
-                    features = self.valor.get_audio_features(
-                        inputs["input_features"], inputs["input_features_mask"]
-                    )
-                    audio_chunks.append(_mga_only(features))
-        return VideoGallery(
-            videos=paths,
-            video_features=concat_feature_batches(video_chunks) if video_chunks else None,
-            audio_features=concat_feature_batches(audio_chunks) if audio_chunks else None,
-        )
+        with self.device_placement():
+            gallery = encode_gallery(
+                self.valor,
+                self.processor,
+                paths,
+                path=path,
+                group=check_group(group).name,
+                batch_size=video_batch_size,
+                num_workers=num_workers,
+                dtype=dtype,
+                num_frames=num_frames,
+                num_clips=num_clips,
+                processor_kwargs=processor_kwargs,
+                progress=progress,
+                capture_errors=True,
+            )
+        if not return_errors:
+            raise_for_failed_inputs(paths, gallery.failures(), gallery)
+        return gallery
 
     def preprocess(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Tokenise the queries; the videos are decoded in `_forward`, a batch at a time."""
@@ -243,6 +244,9 @@ class AudioVisualRetrievalPipeline(Pipeline):
         self,
         model_inputs: dict[str, Any],
         group: RetrievalGroup = "tva",
+        top_k: int | None = None,
+        num_candidates: int = DEFAULT_NUM_CANDIDATES,
+        exhaustive: bool | None = None,
         num_frames: int | None = None,
         num_clips: int | None = None,
         video_batch_size: int = 8,
@@ -261,28 +265,17 @@ class AudioVisualRetrievalPipeline(Pipeline):
                 gallery, group, num_frames, num_clips, video_batch_size, processor_kwargs
             )
         text = self.valor.get_text_features(model_inputs["input_ids"], model_inputs["attention_mask"])
-        needed = check_group(group).candidates
-        query, candidates = self.valor.group_features(
-            group,
-            text=text,
-            video=_to_device(gallery.video_features, self.device) if "video" in needed else None,
-            audio=_to_device(gallery.audio_features, self.device) if "audio" in needed else None,
-        )
-        scores = self.valor.similarity(query, candidates)  # (num_queries, num_videos)
-        return {"scores": scores, "videos": list(gallery.videos)}
+        hits = search(self.valor, gallery, text, group, top_k, num_candidates, exhaustive)
+        return {"hits": hits, "videos": gallery.videos}
 
-    def postprocess(
-        self, model_outputs: dict[str, Any], top_k: int | None = None
-    ) -> list[list[dict[str, Any]]]:
-        """Sort each query's scores, best first, and keep `top_k` matches."""
-        scores = model_outputs["scores"].float()
+    def postprocess(self, model_outputs: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        """Each query's matches, best first, as `{"video": path, "score": float}`."""
         videos = model_outputs["videos"]
-        k = len(videos) if top_k is None else min(top_k, len(videos))
-        values, order = torch.sort(scores, dim=-1, descending=True, stable=True)
+        hits: list[SearchHits] = model_outputs["hits"]
         return [
             [
-                {"video": videos[j], "score": float(v)}
-                for v, j in zip(row_values[:k].tolist(), row_order[:k].tolist())
+                {"video": videos[row], "score": float(score)}
+                for row, score in zip(h.rows.tolist(), h.scores.tolist())
             ]
-            for row_values, row_order in zip(values, order)
+            for h in hits
         ]

@@ -1,9 +1,11 @@
-"""Pieces shared by the VALOR pipelines: argument validation, media preprocessing and the generation base class."""
+"""Pieces shared by the VALOR pipelines: argument validation, media preprocessing, per-input error handling and
+the generation base class."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -20,6 +22,48 @@ MODALITIES: tuple[str, ...] = ("video", "audio", "both")
 GENERATION_PARAMETERS = frozenset(
     name for name in vars(GenerationConfig()) if not name.startswith("_") and name != "transformers_version"
 ) | {"generation_config"}
+
+
+class PipelineInputError(ValueError):
+    """
+    One input of a pipeline call could not be processed (a missing or undecodable file, a bad question).
+
+    Attributes:
+        index (`int`): its position in the list the caller passed (0 for a single input).
+        input: the input itself (a path, or a `{"video", "question"}` dict).
+        results (`list`): when raised, the results of the call so far, in input order, `None` for the inputs
+            not finished: the work done before the bad input is kept.
+    """
+
+    def __init__(
+        self, message: str, index: int | None = None, input: Any = None, results: list | None = None
+    ):
+        super().__init__(message)
+        self.index, self.input, self.results = index, input, results
+
+
+class PipelineInputNotFoundError(PipelineInputError, FileNotFoundError):
+    """A [`PipelineInputError`] whose cause is a missing file (also a `FileNotFoundError`)."""
+
+
+@dataclass
+class PositionedInput:
+    """An input of a pipeline call with its position in the caller's list."""
+
+    index: int
+    total: int
+    value: Any
+
+    def describe(self) -> str:
+        """`input <index> of <total> (<path>)`."""
+        video = self.value.get("video") if isinstance(self.value, dict) else self.value
+        shown = os.fspath(video) if isinstance(video, (str, os.PathLike)) else repr(self.value)[:200]
+        return f"input {self.index} of {self.total} ({shown!r})"
+
+    def error(self, cause: Exception) -> PipelineInputError:
+        """The [`PipelineInputError`] of this input failing with `cause`."""
+        kind = PipelineInputNotFoundError if isinstance(cause, FileNotFoundError) else PipelineInputError
+        return kind(f"{self.describe()}: {type(cause).__name__}: {cause}", self.index, self.value)
 
 
 def check_modalities(modalities: str) -> str:
@@ -41,6 +85,32 @@ def check_video_path(video: Any) -> str:
     if not isinstance(video, (str, os.PathLike)):
         raise TypeError(f"Expected the path of a local video file, got a {type(video).__name__}.")
     return check_path(video)
+
+
+def check_video_paths(videos: Sequence[Any]) -> list[str]:
+    """`check_video_path` of every entry; a bad one raises a [`PipelineInputError`] naming its position."""
+    paths = []
+    for index, video in enumerate(videos):
+        try:
+            paths.append(check_video_path(video))
+        except (TypeError, FileNotFoundError) as err:
+            raise PositionedInput(index, len(videos), video).error(err) from err
+    return paths
+
+
+def raise_for_failed_inputs(paths: Sequence[str], failures: Sequence[dict[str, str]], finished: Any) -> None:
+    """
+    Raise the [`PipelineInputError`] of the first of `failures` (`{"path", "error"}` records of a batch job over
+    `paths`), named by its position in `paths`, with the work that did finish (`finished`) as its `.results`.
+    """
+    if not failures:
+        return
+    positions = {path: i for i, path in enumerate(paths)}
+    first = min(failures, key=lambda f: positions.get(f["path"], len(paths)))
+    index = positions.get(first["path"])
+    more = f" ({len(failures) - 1} other input(s) failed too)" if len(failures) > 1 else ""
+    message = f"input {index} of {len(paths)} ({first['path']!r}): {first['error']}{more}"
+    raise PipelineInputError(message, index, first["path"], finished)
 
 
 def media_inputs(
@@ -76,7 +146,7 @@ def media_inputs(
     if modalities == "video":
         return processor(videos=paths, audio_from_video=False, return_tensors="pt", **text_inputs, **kwargs)
     if modalities == "audio":
-        return processor(audios=paths, return_tensors="pt", **text_inputs, **kwargs)
+        return processor(audio=paths, return_tensors="pt", **text_inputs, **kwargs)
     return processor(videos=paths, audio_from_video=True, return_tensors="pt", **text_inputs, **kwargs)
 
 
@@ -110,9 +180,16 @@ class ValorGenerationPipeline(Pipeline):
     Base of the pipelines that decode text from a video's frames and/or soundtrack with
     [`ValorForConditionalGeneration`] (captioning and question answering).
 
-    Subclasses implement `preprocess` (which calls `_encode_media`), `_sanitize_parameters` (with
+    Subclasses implement `preprocess_input` (which calls `_encode_media`), `_sanitize_parameters` (with
     `_sanitize_common`) and `postprocess` (with `_decode`). `_forward` is shared: it calls `model.generate` once
     per batch with the generation parameters given at construction, at call time and the class defaults.
+
+    Bad inputs: by default the first input that cannot be processed raises a [`PipelineInputError`] naming its
+    position in the caller's list and its path, with the results finished before it in `.results`. With
+    `return_errors=True` every input is tried and the returned list holds, at the position of each bad input,
+    its `PipelineInputError` instead of a result (as `asyncio.gather(return_exceptions=True)` does). Errors of
+    the model itself are raised in both modes. With `num_workers > 0` inputs are processed in DataLoader worker
+    processes, which cannot report the position; the first bad input then always raises.
     """
 
     _load_processor = True
@@ -136,6 +213,62 @@ class ValorGenerationPipeline(Pipeline):
                 f"The {self.task or type(self).__name__} pipeline needs a ValorProcessor: pass `processor=` or load "
                 "a checkpoint that has processor_config.json."
             )
+
+    def __call__(self, inputs, return_errors: bool = False, **kwargs):
+        """Run the pipeline on one input or a list; see the class docstring for bad inputs and `return_errors`."""
+        if isinstance(inputs, list):
+            return self._call_on_list(inputs, return_errors, kwargs)
+        if return_errors:
+            return self._call_on_list([inputs], return_errors, kwargs)[0]
+        return super().__call__(inputs, **kwargs)
+
+    def _call_on_list(self, inputs: list, return_errors: bool, kwargs: dict[str, Any]) -> list:
+        results: list = [None] * len(inputs)
+        pending = list(range(len(inputs)))
+        while pending:
+            items = [PositionedInput(i, len(inputs), inputs[i]) for i in pending]
+            self._finished: dict[int, Any] = {}
+            try:
+                for item, output in zip(items, super().__call__(items, **kwargs)):
+                    results[item.index] = output
+                pending = []
+            except PipelineInputError as err:
+                for index, output in self._finished.items():
+                    results[index] = output
+                if err.index is None or not return_errors:
+                    err.results = results
+                    raise
+                results[err.index] = err
+                pending = [i for i in pending if i not in self._finished and i != err.index]
+            finally:
+                self._finished = {}
+        return results
+
+    def get_iterator(self, inputs, *args, **kwargs):
+        """`Pipeline.get_iterator`; for a call's list of inputs, every finished output is recorded by its position
+        (so that it is kept when a later input fails)."""
+        outputs = super().get_iterator(inputs, *args, **kwargs)
+        if isinstance(inputs, list) and inputs and isinstance(inputs[0], PositionedInput):
+            return self._recording(inputs, outputs)
+        return outputs
+
+    def _recording(self, inputs: list[PositionedInput], outputs: Iterator) -> Iterator:
+        for item, output in zip(inputs, outputs):  # outputs come in input order, one per input
+            self._finished[item.index] = output
+            yield output
+
+    def preprocess(self, inputs: Any, **params) -> dict[str, Any]:
+        """`preprocess_input` of the input, an error of which becomes a [`PipelineInputError`] naming it."""
+        if not isinstance(inputs, PositionedInput):
+            return self.preprocess_input(inputs, **params)
+        try:
+            return self.preprocess_input(inputs.value, **params)
+        except Exception as err:  # anything an input's own processing raises is that input's error
+            raise inputs.error(err) from err
+
+    def preprocess_input(self, inputs: Any, **params) -> dict[str, Any]:
+        """Process one input into model inputs (implemented by each pipeline)."""
+        raise NotImplementedError
 
     def _sanitize_common(
         self,

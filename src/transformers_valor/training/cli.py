@@ -1,10 +1,11 @@
 """The command lines of the example scripts: `examples/pretrain.py`, `examples/finetune_*.py` and
-`examples/evaluate_finetuned.py` are thin wrappers around the entry points here.
+`examples/evaluate_finetuned.py` are thin wrappers around the entry points here; under a multi-process launch,
+evaluation splits every test set between the processes (`evaluation`, `corpus_split`).
 
 - [`run_pretraining`]: read a YAML run config (docs/pretraining.md) with `--set` overrides and train with
   `loop.train` (resume, `--stop_after_steps`).
 - [`run_finetuning`]: the same for a downstream task (its `task` forced; docs/tasks/), then, when the config lists
-  `evaluation.datasets`, evaluate the final model on the main process ([`evaluate_saved_model`]).
+  `evaluation.datasets`, evaluate the final model on every process, each on its share ([`evaluate_saved_model`]).
 - [`run_evaluation`]: evaluate a saved model on a config's `evaluation.datasets`.
 
 Results go to `<output_dir>/eval_results.json` and, for captioning and QA, the generated texts to
@@ -25,6 +26,7 @@ from accelerate import PartialState
 
 from ..processing_valor import ValorProcessor
 from .config import RunConfig, load_config
+from .corpus_split import ProcessShare
 from .evaluation import evaluate_task
 from .loop import TrainResult, train
 from .model_factory import TASK_MODEL_CLASSES
@@ -35,7 +37,8 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _parser(description: str, training: bool) -> argparse.ArgumentParser:
-    """`--config` and `--set`, plus `--resume_from_checkpoint` and `--stop_after_steps` for training scripts."""
+    """`--config` and `--set`, plus `--resume_from_checkpoint`, `--stop_after_steps` and `--overwrite_output_dir`
+    for training scripts."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--config", required=True, help="YAML config (see docs/pretraining.md and docs/tasks/)."
@@ -59,14 +62,27 @@ def _parser(description: str, training: bool) -> argparse.ArgumentParser:
             default=None,
             help="Checkpoint and exit after this many steps (for time-boxed jobs); resume later.",
         )
+        parser.add_argument(
+            "--overwrite_output_dir",
+            action="store_true",
+            help="Start afresh in an output_dir that holds an earlier run, deleting its checkpoints, final model "
+            "and metrics.jsonl (same as training.overwrite_output_dir: true).",
+        )
     return parser
 
 
-def _train_from_args(args: argparse.Namespace, overrides: list[str]) -> tuple[RunConfig, TrainResult]:
+def _train_from_args(
+    args: argparse.Namespace, overrides: list[str], release_processes: bool = True
+) -> tuple[RunConfig, TrainResult]:
     logging.basicConfig(format=_LOG_FORMAT, level=logging.INFO)
     config = load_config(args.config, overrides)
+    if args.overwrite_output_dir:
+        config.training.overwrite_output_dir = True
     result = train(
-        config, resume_from_checkpoint=args.resume_from_checkpoint, stop_after_steps=args.stop_after_steps
+        config,
+        resume_from_checkpoint=args.resume_from_checkpoint,
+        stop_after_steps=args.stop_after_steps,
+        release_processes=release_processes,
     )
     if result.final_dir is not None:
         logger.info("Saved the trained model and processor to %s", result.final_dir)
@@ -81,12 +97,16 @@ def _release_processes() -> PartialState:
 
 
 def evaluate_saved_model(
-    config: RunConfig, model_path: str | os.PathLike, output_dir: str | os.PathLike | None = None
+    config: RunConfig,
+    model_path: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    share: ProcessShare | None = None,
 ) -> dict[str, Any]:
     """
     Evaluate the saved model at `model_path` on `config.evaluation.datasets` for `config.task`; write
     `eval_results.json` (and `predictions.json` for captioning/QA) into `output_dir` (default
-    `config.training.output_dir`) and return the metrics.
+    `config.training.output_dir`) and return the metrics. With `share` (every process of a launch calls it), each
+    process evaluates its block of every set on its own device and rank 0 writes the files.
     """
     if config.task == "pretrain":
         raise ValueError("Evaluation needs a downstream task: retrieval, captioning or qa.")
@@ -100,13 +120,16 @@ def evaluate_saved_model(
     )
     processor = ValorProcessor.from_pretrained(processor_source)
     model = TASK_MODEL_CLASSES[config.task].from_pretrained(model_path)
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    split = share is not None and share.world_size > 1
+    device = PartialState().device if split else ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
     cache_dir = config.evaluation.cache_dir or output_dir / "eval_cache"
-    metrics, predictions = evaluate_task(config.task, model, processor, config.evaluation, cache_dir)
-    (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
-    if predictions:
-        (output_dir / "predictions.json").write_text(json.dumps(predictions, indent=2))
-    logger.info("Evaluation of %s: %s", model_path, json.dumps(metrics))
+    metrics, predictions = evaluate_task(config.task, model, processor, config.evaluation, cache_dir, share)
+    if share is None or share.rank == 0:
+        (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        if predictions:
+            (output_dir / "predictions.json").write_text(json.dumps(predictions, indent=2))
+        logger.info("Evaluation of %s: %s", model_path, json.dumps(metrics))
     return metrics
 
 
@@ -123,16 +146,11 @@ def run_finetuning(task: str, argv: list[str] | None = None) -> None:
     parser = _parser(f"Fine-tune VALOR for {task} with Accelerate.", training=True)
     parser.add_argument("--skip_eval", action="store_true", help="Do not evaluate after training.")
     args = parser.parse_args(argv)
-    config, result = _train_from_args(args, [*args.set, f"task={task}"])
-    state = _release_processes()
-    # Evaluation runs on the main process alone, after training has released the others.
-    if (
-        result.final_dir is not None
-        and config.evaluation.datasets
-        and not args.skip_eval
-        and state.is_main_process
-    ):
-        evaluate_saved_model(config, result.final_dir)
+    config, result = _train_from_args(args, [*args.set, f"task={task}"], release_processes=False)
+    # Every process evaluates its share of the test sets, then the process group is released.
+    if result.final_dir is not None and config.evaluation.datasets and not args.skip_eval:
+        evaluate_saved_model(config, result.final_dir, share=ProcessShare.current())
+    _release_processes()
 
 
 def run_evaluation(argv: list[str] | None = None) -> None:
@@ -148,5 +166,8 @@ def run_evaluation(argv: list[str] | None = None) -> None:
     overrides = [*args.set] + ([f"task={args.task}"] if args.task else [])
     config = load_config(args.config, overrides)
     model = args.model or os.path.join(config.training.output_dir, "final")
-    metrics = evaluate_saved_model(config, model, args.output_dir)
-    print(json.dumps(metrics, indent=2))
+    state = PartialState()  # under `accelerate launch`, the process group every process evaluates with
+    metrics = evaluate_saved_model(config, model, args.output_dir, share=ProcessShare.current())
+    if state.is_main_process:
+        print(json.dumps(metrics, indent=2))
+    _release_processes()

@@ -18,11 +18,13 @@ from typing import Any, Literal, get_args
 import yaml
 
 from ..data.datasets import DatasetConfig
+from .config_types import check_fields, require, require_at_least
 from .evaluation import EvaluationArguments
 from .scst import SCSTArguments
 
 Task = Literal["pretrain", "retrieval", "captioning", "qa"]
 TASKS: tuple[str, ...] = get_args(Task)
+FLOAT_CACHE_DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float32")
 SECTIONS: tuple[str, ...] = (
     "task",
     "model",
@@ -96,6 +98,24 @@ class OptimizerArguments:
     warmup_steps: int | None = None
     max_grad_norm: float = 5.0
 
+    def __post_init__(self):
+        require(self.learning_rate > 0, "optimizer.learning_rate", self.learning_rate, "> 0")
+        betas = self.betas
+        require(
+            len(betas) == 2 and all(0 <= b < 1 for b in betas),
+            "optimizer.betas",
+            betas,
+            "two numbers in [0, 1)",
+        )
+        require(self.eps > 0, "optimizer.eps", self.eps, "> 0")
+        require(0 <= self.warmup_ratio <= 1, "optimizer.warmup_ratio", self.warmup_ratio, "in [0, 1]")
+        require_at_least(
+            "optimizer", {"weight_decay": self.weight_decay, "max_grad_norm": self.max_grad_norm}, 0
+        )
+        require_at_least("optimizer", {"warmup_steps": self.warmup_steps}, 0, optional=True)
+        for prefix, rate in self.learning_rate_overrides.items():
+            require(rate > 0, f"optimizer.learning_rate_overrides.{prefix}", rate, "> 0")
+
 
 @dataclass
 class DataArguments:
@@ -115,8 +135,11 @@ class DataArguments:
         cache_decoded (`bool`, defaults to `False`): decode every dataset once (middle frames/clips) and train
             from the stored tensors (see `collator.build_decoded_cache`); no random frame/clip choice then.
         cache_dir (`str`, *optional*): where decoded caches live (default `<output_dir>/decoded_cache`).
-        cache_dtype (`str`, defaults to `"float16"`): storage type of the cached tensors.
+        cache_dtype (`str`, defaults to `"float16"`): storage type of the cached tensors: `"float16"`, `"bfloat16"`
+            or `"float32"` (a floating type: integers would round the normalised frames and fbanks).
         cache_num_workers (`int`, *optional*): processes decoding the cache (default: one per CPU core).
+        shuffle_buffer (`int`, defaults to 64): streamed datasets (`format: webdataset`): samples read into the
+            shuffle window of every (process, worker) stream; memory per worker is this many encoded videos.
     """
 
     per_device_batch_size: int = 8
@@ -127,8 +150,33 @@ class DataArguments:
     min_samples_for_failure_check: int = 200
     cache_decoded: bool = False
     cache_dir: str | None = None
-    cache_dtype: Literal["float16", "float32"] = "float16"
+    cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     cache_num_workers: int | None = None
+    shuffle_buffer: int = 64
+
+    def __post_init__(self):
+        require_at_least(
+            "data",
+            {"per_device_batch_size": self.per_device_batch_size, "shuffle_buffer": self.shuffle_buffer},
+            1,
+        )
+        counts = {
+            "num_workers": self.num_workers,
+            "min_samples_for_failure_check": self.min_samples_for_failure_check,
+        }
+        require_at_least("data", counts, 0)
+        limits = {"max_text_length": self.max_text_length, "batches_per_epoch": self.batches_per_epoch}
+        require_at_least("data", limits, 1, optional=True)
+        require_at_least("data", {"cache_num_workers": self.cache_num_workers}, 0, optional=True)
+        share = self.max_failed_share
+        require(0 <= share <= 1, "data.max_failed_share", share, "in [0, 1]")
+        dtypes = list(FLOAT_CACHE_DTYPES)
+        require(
+            self.cache_dtype in dtypes,
+            "data.cache_dtype",
+            self.cache_dtype,
+            f"a floating type, one of {dtypes}",
+        )
 
 
 @dataclass
@@ -145,7 +193,7 @@ class LoopArguments:
         mixed_precision (`str`, *optional*): `"no"`, `"fp16"` or `"bf16"`; default: what `accelerate launch`
             (or its config file) says.
         log_every (`int`, defaults to 10): steps between tracker logs.
-        checkpoint_every (`int`, *optional*): steps between `save_state` checkpoints (none when unset; one is
+        checkpoint_every (`int`, *optional*): steps between checkpoints, at least 1 (none when unset; one is
             always written at the end).
         save_total_limit (`int`, *optional*): keep only the newest checkpoints.
         report_to (`list[str]`, defaults to `["tensorboard"]`): Accelerate trackers (`tensorboard`, `wandb`, ...,
@@ -155,6 +203,9 @@ class LoopArguments:
         find_unused_parameters (`bool`, defaults to `True`): DDP's unused-parameter detection. Needed whenever a
             step leaves parameters unused: a video-only dataset's batches skip the audio tower, and the prompt
             embedding is unused without a task prompt.
+        overwrite_output_dir (`bool`, defaults to `False`): start afresh in an `output_dir` that holds an earlier
+            run, deleting its `checkpoints/`, `final/` and `metrics.jsonl` (without it such a run is refused unless
+            it is resumed).
     """
 
     output_dir: str = "outputs/valor_pretrain"
@@ -170,6 +221,29 @@ class LoopArguments:
     run_name: str = "valor_pretrain"
     progress_bar: bool = True
     find_unused_parameters: bool = True
+    overwrite_output_dir: bool = False
+
+    def __post_init__(self):
+        positive = {
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "log_every": self.log_every,
+        }
+        require_at_least("training", positive, 1)
+        # 0 would silently mean "never": unset is the way to checkpoint only at the end.
+        optional = {
+            "max_steps": self.max_steps,
+            "checkpoint_every": self.checkpoint_every,
+            "save_total_limit": self.save_total_limit,
+        }
+        require_at_least("training", optional, 1, optional=True)
+        require(self.num_epochs > 0, "training.num_epochs", self.num_epochs, "> 0")
+        choices = [None, "no", "fp16", "bf16"]
+        require(
+            self.mixed_precision in choices,
+            "training.mixed_precision",
+            self.mixed_precision,
+            f"one of {choices}",
+        )
 
 
 @dataclass
@@ -214,12 +288,15 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _build(cls, values: dict[str, Any] | None, where: str):
+    """`cls(**values)` after checking the keys and the type of every value (errors name `where.key`)."""
+    if values is not None and not isinstance(values, dict):
+        raise ValueError(f"`{where}` must be a mapping of settings, got {values!r}.")
     values = dict(values or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"Unknown key(s) {unknown} in `{where}`; expected some of {sorted(known)}.")
-    return cls(**values)
+    return cls(**check_fields(cls, values, where))
 
 
 def _build_datasets(entries: list[dict[str, Any]] | None, where: str) -> list[DatasetConfig]:
@@ -241,6 +318,9 @@ def _check_task_settings(task: str, scst: SCSTArguments, datasets: list[DatasetC
         raise ValueError(
             "`task: qa` needs `question_column` on every dataset (the question is the decoder prompt)."
         )
+    with_mlm = [d.name for d in datasets if d.mlm_groups]
+    if with_mlm and task != "pretrain":
+        raise ValueError(f"`mlm_groups` (datasets {with_mlm}) apply to `task: pretrain`, not {task!r}.")
 
 
 def config_from_dict(values: dict[str, Any], base_dir: str | os.PathLike | None = None) -> RunConfig:
@@ -248,6 +328,8 @@ def config_from_dict(values: dict[str, Any], base_dir: str | os.PathLike | None 
     Build a [`RunConfig`] from plain data (a parsed YAML). Unknown keys raise a ValueError naming them.
     Relative dataset paths are resolved against `base_dir` when they exist there.
     """
+    if not isinstance(values, dict):
+        raise ValueError(f"A run config is a mapping of sections ({', '.join(SECTIONS)}), got {values!r}.")
     unknown = sorted(set(values) - set(SECTIONS))
     if unknown:
         raise ValueError(f"Unknown top-level key(s) {unknown}; expected some of {', '.join(SECTIONS)}.")
@@ -256,6 +338,8 @@ def config_from_dict(values: dict[str, Any], base_dir: str | os.PathLike | None 
         raise ValueError(f"`task` must be one of {list(TASKS)}, got {task!r}.")
     if not values.get("datasets"):
         raise ValueError("The config lists no `datasets`.")
+    if not isinstance(values["datasets"], list):
+        raise ValueError(f"`datasets` must be a list of dataset entries, got {values['datasets']!r}.")
     model = _build(ModelArguments, values.get("model"), "model")
     if not model.processor:
         raise ValueError("`model.processor` (a saved ValorProcessor) is required.")

@@ -8,13 +8,17 @@ One path serves the demo, the fine-tuning scripts and the benchmarks:
 3. [`retrieval_metrics`]: any modality group is scored from those features with the chunked fine-grained scorer
    (R@1/5/10, median and mean rank in both directions, several captions per video supported);
    [`evaluate_retrieval`] runs steps 2 and 3 on a decoded set.
-4. [`generate_texts`]: captions (or answers, with prompts) generated for any caption group's conditioning;
+4. [`generate_texts`]: captions (or answers, with questions) generated for any caption group's conditioning;
    [`evaluate_captioning`] scores them with the COCO toolkit metrics, [`evaluate_question_answering`] with
    exact-match accuracy after VALOR's text cleaning ([`question_answering_accuracy`]).
 
 [`evaluate_task`] runs the whole path on every test set of an [`EvaluationArguments`] (the YAML's `evaluation:`
 section). Which modalities a group reads, how its metrics are named and what the decoder is conditioned on come
 from `configuration_valor.MODALITY_GROUPS`.
+
+Task prompts (VALOR-L) are added by the models themselves: `get_text_features` runs the text encoder with the
+`retrieval` prompt, `generate` decodes captions with the `captioning` prompt and composes the QA prompt from the
+question.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from ..metrics import compute_caption_metrics, compute_retrieval_metrics
 from ..modeling_valor import ValorFeatures, ValorForConditionalGeneration, ValorModel, concat_feature_batches
 from ..processing_valor import ValorProcessor
 from ..tokenization_valor import clean_caption
+from .corpus_split import ProcessShare, gather_features, gather_objects
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +62,8 @@ class EvaluationArguments:
         batch_size (`int`, defaults to 32): videos (or texts) encoded or decoded at once.
         num_beams (`int`, *optional*): beam size of generation; default 3 for captioning, 1 (greedy) for QA.
         max_new_tokens (`int`, defaults to 30): generation length limit.
+        beam_ranking (`str`, defaults to `"valor"`): how beam search ranks hypotheses: `"valor"` (the reference's
+            summed log-probabilities, `generation_valor.valor_beam_search`) or `"transformers"`.
         caption_metrics (`list[str]`, defaults to `["BLEU", "ROUGE-L", "CIDEr"]`): COCO toolkit metrics (add
             `METEOR` when Java is installed).
         max_block_elements (`int`, defaults to `losses.DEFAULT_MAX_BLOCK_ELEMENTS`): memory bound of the chunked
@@ -69,6 +76,7 @@ class EvaluationArguments:
     batch_size: int = 32
     num_beams: int | None = None
     max_new_tokens: int = 30
+    beam_ranking: Literal["valor", "transformers"] = "valor"
     caption_metrics: list[str] = field(default_factory=lambda: ["BLEU", "ROUGE-L", "CIDEr"])
     max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS
     num_workers: int = 0
@@ -133,13 +141,23 @@ def decode_evaluation_set(
     processor: ValorProcessor,
     cache_dir: str | os.PathLike,
     num_workers: int = 0,
+    share: ProcessShare | None = None,
 ) -> EvaluationSet:
     """
     Load a test set's annotations and decode its media once (middle frames and clips, `config.num_frames` /
     `config.num_clips`), cached on disk (see `collator.build_decoded_cache`). Samples that cannot be decoded are
-    logged and left out (listed in `failed`).
+    logged and left out (listed in `failed`). With `share`, only this process's contiguous block of the set
+    (`corpus_split.ProcessShare.block`) is loaded and decoded.
     """
     rows = load_video_text_dataset(config).to_dict()
+    if share is not None and share.world_size > 1:
+        count = len(rows["sample_id"])
+        if count < share.world_size:
+            raise ValueError(
+                f"Evaluation set {config.name!r} has {count} samples, fewer than {share.world_size} processes."
+            )
+        block = share.block(count)
+        rows = {key: values[block.start : block.stop] for key, values in rows.items()}
     decoded = build_decoded_cache(
         rows, config, processor, cache_dir, num_workers=num_workers, dtype="float32", progress=False
     )
@@ -193,16 +211,19 @@ def encode_texts(
     texts: Sequence[str],
     batch_size: int = 32,
     max_text_length: int | None = None,
+    rows: range | None = None,
 ) -> ValorFeatures:
-    """MGA features of every text, tokenised once (padded to the longest) and encoded in batches."""
+    """MGA features of every text (or of the texts at `rows`), tokenised once (padded to the longest of all the
+    texts, so that blocks encoded by several processes line up) and encoded in batches."""
     model.eval()
-    tokens = processor(
-        text=list(texts), padding="longest", max_text_length=max_text_length, return_tensors="pt"
-    )
+    max_length = None if max_text_length is None else max_text_length + 2
+    tokens = processor(text=list(texts), padding="longest", max_length=max_length, return_tensors="pt")
+    rows = range(len(texts)) if rows is None else rows
     parts = []
-    for start in range(0, len(texts), batch_size):
-        ids = tokens["input_ids"][start : start + batch_size].to(model.device)
-        mask = tokens["attention_mask"][start : start + batch_size].to(model.device)
+    for start in range(rows.start, rows.stop, batch_size):
+        stop = min(start + batch_size, rows.stop)
+        ids = tokens["input_ids"][start:stop].to(model.device)
+        mask = tokens["attention_mask"][start:stop].to(model.device)
         parts.append(model.get_text_features(ids, mask))
     return concat_feature_batches(parts)
 
@@ -280,6 +301,7 @@ def evaluate_retrieval(
     batch_size: int = 32,
     max_block_elements: int = DEFAULT_MAX_BLOCK_ELEMENTS,
     queries: Sequence[Sequence[str]] | None = None,
+    share: ProcessShare | None = None,
 ) -> dict[str, dict[str, float]]:
     """
     Retrieval on a decoded set: the media each group needs encoded once, every query text encoded once, each
@@ -288,18 +310,28 @@ def evaluate_retrieval(
     Args:
         queries (`list[list[str]]`, *optional*): the query texts of each sample of `eval_set`; default: all its
             captions (the demo passes one caption per clip).
+        share ([`ProcessShare`], *optional*): `eval_set` is this process's block of the set (`decode_evaluation_set`
+            with the same share): each process encodes its videos and their texts, the features of every process
+            are gathered in set order, and every process scores the whole set (the same metrics everywhere).
     """
     if not groups:
         return {}
     queries = eval_set.captions if queries is None else queries
     if len(queries) != len(eval_set):
         raise ValueError(f"{len(queries)} query lists for the {len(eval_set)} samples of {eval_set.name!r}.")
+    split = share is not None and share.world_size > 1
+    local_texts = sum(len(sample) for sample in queries)
+    first_text = sum(gather_objects([local_texts])[: share.rank]) if split else 0
+    queries = gather_objects(queries) if split else queries
     texts = [text for sample in queries for text in sample]
     text_to_video = [video for video, sample in enumerate(queries) for _ in sample]
     modalities = set().union(*(get_modality_group(group).modalities for group in groups))
     features = encode_media(model, eval_set, modalities, batch_size)
     if "text" in modalities:
-        features["text"] = encode_texts(model, processor, texts, batch_size)
+        rows = range(first_text, first_text + local_texts)
+        features["text"] = encode_texts(model, processor, texts, batch_size, rows=rows)
+    if split:
+        features = {name: gather_features(value) for name, value in features.items()}
     return retrieval_metrics(model, features, text_to_video, groups, max_block_elements)
 
 
@@ -309,14 +341,14 @@ def generate_texts(
     processor: ValorProcessor,
     eval_set: EvaluationSet,
     group: str,
-    prompts: Sequence[str] | None = None,
+    questions: Sequence[str] | None = None,
     batch_size: int = 32,
     **generate_kwargs,
 ) -> dict[str, str]:
     """
-    Generate a caption (or, with `prompts`, an answer to each sample's question) for every sample of a decoded
+    Generate a caption (or, with `questions`, an answer to each sample's question) for every sample of a decoded
     set, conditioned on what caption group `group` gives the decoder (`tv`: video, `ta`: audio, `tva`: both);
-    `generate_kwargs` go to `generate()` (`num_beams`, `max_new_tokens`, ...).
+    `generate_kwargs` go to `generate()` (`num_beams`, `max_new_tokens`, ...). The model adds its task prompts.
 
     Returns:
         `{sample_id: text}`, in the set's order.
@@ -328,10 +360,10 @@ def generate_texts(
         inputs = eval_set.inputs(
             start, start + batch_size, spec.decoder_modalities, model.device, model.dtype
         )
-        if prompts is not None:
-            tokens = processor(prompts=list(prompts[start : start + batch_size]), return_tensors="pt")
-            inputs["prompt_ids"] = tokens["prompt_ids"].to(model.device)
-            inputs["prompt_attention_mask"] = tokens["prompt_attention_mask"].to(model.device)
+        if questions is not None:
+            tokens = processor(prompts=list(questions[start : start + batch_size]), return_tensors="pt")
+            inputs["question_ids"] = tokens["prompt_ids"].to(model.device)
+            inputs["question_attention_mask"] = tokens["prompt_attention_mask"].to(model.device)
         ids = model.generate(**inputs, modalities=spec.media, **generate_kwargs)
         outputs.extend(processor.batch_decode(ids, skip_special_tokens=True))
     return dict(zip(eval_set.sample_ids, outputs))
@@ -344,25 +376,33 @@ def evaluate_captioning(
     groups: Sequence[str] = CAPTION_GROUPS,
     metrics: Sequence[str] = ("BLEU", "ROUGE-L", "CIDEr"),
     batch_size: int = 32,
+    share: ProcessShare | None = None,
     **generate_kwargs,
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
     """
     Caption every sample of a decoded set for each caption group and score the captions against all of the
-    sample's captions (COCO toolkit `metrics`: `BLEU` gives BLEU-1..4, `METEOR` needs Java).
+    sample's captions (COCO toolkit `metrics`: `BLEU` gives BLEU-1..4, `METEOR` needs Java). With `share`,
+    `eval_set` is this process's block: each process captions its block and the captions and references of
+    every process are gathered, in set order, for scoring.
 
     Returns:
         `(metrics, predictions)`: `metrics[group]` (`BLEU-1`..`BLEU-4`, `ROUGE-L`, `CIDEr`, ...) and
         `predictions[group]` (`{sample_id: caption}`).
     """
+    references = _gathered(eval_set.captions, share)
     scores, predictions = {}, {}
     for group in groups:
-        predictions[group] = generate_texts(
-            model, processor, eval_set, group, None, batch_size, **generate_kwargs
-        )
+        local = generate_texts(model, processor, eval_set, group, None, batch_size, **generate_kwargs)
+        predictions[group] = dict(_gathered(list(local.items()), share))
         scores[group] = compute_caption_metrics(
-            list(predictions[group].values()), eval_set.captions, metrics=list(metrics)
+            list(predictions[group].values()), references, metrics=list(metrics)
         )
     return scores, predictions
+
+
+def _gathered(values: list, share: ProcessShare | None) -> list:
+    """`values` of every process of `share`, in set order (this process's `values` without a split)."""
+    return gather_objects(values) if share is not None and share.world_size > 1 else list(values)
 
 
 def question_answering_accuracy(predictions: Sequence[str], answers: Sequence[str]) -> float:
@@ -378,11 +418,13 @@ def evaluate_question_answering(
     eval_set: EvaluationSet,
     groups: Sequence[str] = ("tva",),
     batch_size: int = 32,
+    share: ProcessShare | None = None,
     **generate_kwargs,
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
     """
-    Answer every question of a decoded QA set (its questions as prompts) for each caption group and score the
-    answers by exact match with the sample's answer (its first caption) after VALOR's text cleaning.
+    Answer every question of a decoded QA set (each composed into the model's prompt) for each caption group and
+    score the answers by exact match with the sample's answer (its first caption) after VALOR's text cleaning.
+    With `share`, `eval_set` is this process's block and the answers of every process are gathered for scoring.
 
     Returns:
         `(metrics, predictions)`: `metrics[group]` = `{"accuracy": 0-1, "count": answers}`, `predictions[group]`
@@ -390,12 +432,13 @@ def evaluate_question_answering(
     """
     if eval_set.questions is None:
         raise ValueError(f"Evaluation set {eval_set.name!r} has no questions (set `question_column`).")
-    answers = [captions[0] for captions in eval_set.captions]
+    answers = _gathered([captions[0] for captions in eval_set.captions], share)
     scores, predictions = {}, {}
     for group in groups:
-        predictions[group] = generate_texts(
+        local = generate_texts(
             model, processor, eval_set, group, eval_set.questions, batch_size, **generate_kwargs
         )
+        predictions[group] = dict(_gathered(list(local.items()), share))
         accuracy = question_answering_accuracy(list(predictions[group].values()), answers)
         scores[group] = {"accuracy": accuracy, "count": len(answers)}
     return scores, predictions
@@ -407,6 +450,7 @@ def evaluate_task(
     processor: ValorProcessor,
     args: EvaluationArguments,
     cache_dir: str | os.PathLike,
+    share: ProcessShare | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     Evaluate a fine-tuned model on every test set of `args` for its task (each set decoded once).
@@ -415,6 +459,9 @@ def evaluate_task(
         task: `retrieval` (a model with a `.valor` `ValorModel`, or a `ValorModel`; the set's
             `contrastive_groups`), `captioning` or `qa` (a `ValorForConditionalGeneration`; the set's
             `caption_groups`).
+        share ([`ProcessShare`], *optional*): split every set between the processes of a launch (every process
+            calls this; each decodes, encodes or generates its block, the results are gathered for scoring and
+            every process returns the same metrics, equal to one process's). Default: this process does it all.
 
     Returns:
         `(metrics, predictions)`: `metrics[dataset][group]` is the metric dict (retrieval: see
@@ -426,11 +473,14 @@ def evaluate_task(
     generate_kwargs = {
         "num_beams": args.num_beams or (1 if task == "qa" else 3),
         "max_new_tokens": args.max_new_tokens,
+        "beam_ranking": args.beam_ranking,
     }
+    if args.beam_ranking == "valor" and generate_kwargs["num_beams"] > 1:
+        generate_kwargs["length_penalty"] = 0.0  # VALOR's ranking has no length normalisation
     metrics: dict[str, Any] = {}
     predictions: dict[str, Any] = {}
     for config in args.datasets:
-        eval_set = decode_evaluation_set(config, processor, cache_dir, args.num_workers)
+        eval_set = decode_evaluation_set(config, processor, cache_dir, args.num_workers, share)
         if task == "retrieval":
             valor = model if isinstance(model, ValorModel) else model.valor
             metrics[config.name] = evaluate_retrieval(
@@ -440,10 +490,11 @@ def evaluate_task(
                 config.contrastive_groups,
                 args.batch_size,
                 args.max_block_elements,
+                share=share,
             )
         elif task == "qa":
             metrics[config.name], predictions[config.name] = evaluate_question_answering(
-                model, processor, eval_set, config.caption_groups, args.batch_size, **generate_kwargs
+                model, processor, eval_set, config.caption_groups, args.batch_size, share, **generate_kwargs
             )
         else:
             metrics[config.name], predictions[config.name] = evaluate_captioning(
@@ -453,6 +504,7 @@ def evaluate_task(
                 config.caption_groups,
                 args.caption_metrics,
                 args.batch_size,
+                share,
                 **generate_kwargs,
             )
     return metrics, predictions

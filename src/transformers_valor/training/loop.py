@@ -8,7 +8,6 @@ of the task's model and the processor. It runs single-process, DDP, FSDP or Deep
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,12 +29,21 @@ from accelerate.utils import (
 
 from ..data.collator import model_inputs, truncate_batch
 from ..processing_valor import ValorProcessor
-from .checkpointing import TrainState, resolve_checkpoint, save_checkpoint, save_final_model
+from .checkpointing import (
+    CheckpointedObjects,
+    TrainState,
+    load_checkpoint,
+    remove_stale_folders,
+    save_checkpoint,
+    save_final_model,
+)
 from .config import LoopArguments, RunConfig
-from .data import build_dataloader
+from .data import MapStyleData, StreamingData, build_training_data
+from .distributed import prepare_objective, resolve_engine, shard_objective, unsharded
 from .model_factory import TASK_MODEL_CLASSES, build_model
 from .objectives import ObjectiveOutput, TrainingObjective, build_objective
 from .optimization import build_optimizer, build_scheduler
+from .run_files import FINAL_DIR, MetricsLog, delete_previous_run, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -139,11 +147,14 @@ class TrainingLoop:
         state: TrainState,
         total_steps: int,
         stop_after_steps: int | None = None,
+        data: MapStyleData | StreamingData | None = None,
     ):
         self.accelerator, self.config, self.objective = accelerator, config, objective
+        self.data = data
         self.optimizer, self.scheduler, self.state = optimizer, scheduler, state
         self.total_steps, self.stop_after_steps = total_steps, stop_after_steps
         self.output_dir = Path(config.training.output_dir)
+        self.metrics = MetricsLog(self.output_dir)
         self.losses: list[float] = []
         self.last_checkpoint: Path | None = None
         self.stopped = False
@@ -152,22 +163,24 @@ class TrainingLoop:
         self.samples_in_window = 0
         self.window_start = time.perf_counter()
         self.progress = None
-        if config.training.progress_bar and accelerator.is_local_main_process:
+
+    def run(self) -> None:
+        """Train until `total_steps` (or `stop_after_steps`), continuing the data where `state` says."""
+        self.objective.train()
+        if self.config.training.progress_bar and self.accelerator.is_local_main_process:
             from tqdm.auto import tqdm
 
             self.progress = tqdm(
-                total=total_steps, initial=state.step, desc=config.task, unit="step", dynamic_ncols=True
+                total=self.total_steps,
+                initial=self.state.step,
+                desc=self.config.task,
+                unit="step",
+                dynamic_ncols=True,
             )
-
-    def run(self, loader, sampler) -> None:
-        """Train until `total_steps` (or `stop_after_steps`), continuing the data where `state` says."""
-        self.objective.train()
-        while self.state.step < self.total_steps and not self.stopped:
-            epoch, offset = divmod(self.state.batches_consumed, len(sampler))
-            sampler.set_epoch(epoch)
-            batches = self.accelerator.skip_first_batches(loader, offset) if offset else loader
-            for batch in batches:
+        if self.state.step < self.total_steps:
+            for batch in self.data.batches(self.accelerator, self.state.batches_consumed):
                 self.state.batches_consumed += 1
+                self.data.record(batch)
                 if self._train_micro_batch(batch) and self._end_optimizer_step():
                     break
         if self.progress is not None:
@@ -232,7 +245,7 @@ class TrainingLoop:
             return
         sample_ids = [sid for ids in gather_object([batch["sample_ids"]]) for sid in ids]
         # No update has been applied for this step yet: the checkpoint holds the state after the last good one.
-        path = save_checkpoint(accelerator, self.output_dir, self.state.step, None)
+        path = save_checkpoint(accelerator, self.output_dir, self.checkpointed(), None)
         raise NonFiniteLossError(
             f"Non-finite loss ({float(loss.detach()):.4g} on process {accelerator.process_index}) at step "
             f"{self.state.step + 1}, dataset {batch['dataset']!r}; batch sample ids: {sample_ids}. The last good "
@@ -257,9 +270,7 @@ class TrainingLoop:
         self.losses.append(values["loss"])
         self.window.add(values)
         if self.accelerator.is_main_process:
-            row = {"step": self.state.step, **values, "lr": self.scheduler.get_last_lr()[0]}
-            with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
+            self.metrics.append({"step": self.state.step, **values, "lr": self.scheduler.get_last_lr()[0]})
         if self.state.step % self.config.training.log_every == 0 or self.state.step == self.total_steps:
             self._log_window()
         if self.progress is not None:
@@ -269,10 +280,15 @@ class TrainingLoop:
         every = self.config.training.checkpoint_every
         if (every and self.state.step % every == 0) or done or stop:
             self.last_checkpoint = save_checkpoint(
-                self.accelerator, self.output_dir, self.state.step, self.config.training.save_total_limit
+                self.accelerator, self.output_dir, self.checkpointed(), self.config.training.save_total_limit
             )
         self.stopped = done or stop
         return self.stopped
+
+    def checkpointed(self) -> CheckpointedObjects:
+        """The objects a checkpoint of this loop holds."""
+        streamed = self.data if isinstance(self.data, StreamingData) else None
+        return CheckpointedObjects(self.objective, self.optimizer, self.scheduler, self.state, streamed)
 
     def _step_means_over_processes(self) -> dict[str, float]:
         """The step's loss components: mean over its micro-batches, then over processes."""
@@ -290,8 +306,10 @@ class TrainingLoop:
         logs = {f"train/{k}": v for k, v in self.window.means().items()}
         logs["train/learning_rate"] = self.scheduler.get_last_lr()[0]
         logs["train/samples_per_second"] = self.samples_in_window / max(elapsed, 1e-9)
-        valor = self.accelerator.unwrap_model(self.objective).valor
-        logs["train/temperature"] = float(1.0 / valor.get_logit_scale().detach())
+        objective = self.accelerator.unwrap_model(self.objective)
+        # Under FSDP2 the temperature is sharded outside the forward: every process gathers it here.
+        with unsharded(objective):
+            logs["train/temperature"] = float(1.0 / objective.valor.get_logit_scale().detach())
         logs["train/decode_failures"] = self.state.samples_failed
         self.accelerator.log(logs, step=self.state.step)
         if self.progress is not None:
@@ -320,12 +338,33 @@ def _prepare_deepspeed(accelerator: Accelerator, config: RunConfig) -> None:
         ds_config["train_micro_batch_size_per_gpu"] = config.data.per_device_batch_size
 
 
-def _build_objective(config: RunConfig, model, mix, processor: ValorProcessor) -> TrainingObjective:
+def _build_objective(config: RunConfig, model, data, processor: ValorProcessor) -> TrainingObjective:
     """The task's objective; SCST's CIDEr-D document frequencies come from every training reference."""
-    references = None
-    if config.scst.enabled:
-        references = [c for i in range(len(config.datasets)) for c in mix.rows(i)["captions"]]
+    references = data.references() if config.scst.enabled else None
     return build_objective(config.task, model, config.scst, references, processor.tokenizer)
+
+
+def _prepare_output_dir(accelerator: Accelerator, config: RunConfig, resume: str | None) -> Path | None:
+    """Check `output_dir` on every process (see `run_files.prepare_output_dir`), then let the main process clean
+    it and write `train_config.yaml`; returns the checkpoint to resume from."""
+    output_dir = Path(config.training.output_dir)
+    checkpoint, delete_previous = prepare_output_dir(output_dir, resume, config.training.overwrite_output_dir)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_folders(output_dir)
+        if delete_previous:
+            delete_previous_run(output_dir)
+        (output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    accelerator.wait_for_everyone()
+    return checkpoint
+
+
+def _load_processor(source: str) -> ValorProcessor:
+    try:
+        return ValorProcessor.from_pretrained(source)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"`model.processor`: {err}") from err
 
 
 def train(
@@ -333,6 +372,7 @@ def train(
     resume_from_checkpoint: str | None = None,
     stop_after_steps: int | None = None,
     accelerator: Accelerator | None = None,
+    release_processes: bool = True,
 ) -> TrainResult:
     """
     Pretrain or fine-tune VALOR as configured (`config.task`), under Accelerate (single process, DDP, FSDP or
@@ -346,6 +386,8 @@ def train(
         stop_after_steps (`int`, *optional*): save a checkpoint and return after this many optimizer steps
             (time-boxed jobs, tests of preemption); the final model is then not written.
         accelerator (`Accelerator`, *optional*): an existing one (default: [`create_accelerator`]).
+        release_processes (`bool`, defaults to `True`): tear the process group down at the end; `False` keeps it
+            for work that follows on every process (the distributed evaluation of `cli.run_finetuning`).
 
     Returns:
         [`TrainResult`]. Writes `<output_dir>/metrics.jsonl` (one line per step), checkpoints, tracker logs and,
@@ -354,45 +396,56 @@ def train(
     Raises:
         NonFiniteLossError: the loss became NaN/inf (after a checkpoint of the last good state is written).
         DecodeFailureError: too many undecodable samples.
+        OutputDirError: `output_dir` holds another run (see `run_files.prepare_output_dir`).
+        CheckpointError: the checkpoint to resume from is not one this version wrote, or was altered.
+        CheckpointWriteError: a checkpoint or the final model could not be written (e.g. a full disk).
     """
     args = config.training
     accelerator = accelerator or create_accelerator(config)
     set_seed(args.seed)
-    output_dir = Path(args.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    checkpoint = _prepare_output_dir(accelerator, config, resume_from_checkpoint)
 
-    processor = ValorProcessor.from_pretrained(config.model.processor)
+    processor = _load_processor(config.model.processor)
     model = build_model(config.model, processor, TASK_MODEL_CLASSES[config.task])
-    loader, sampler, mix = build_dataloader(config, processor, model.config, accelerator)
-    objective = _build_objective(config, model, mix, processor)
-    total_steps = num_training_steps(args, len(sampler))
+    data = build_training_data(config, processor, model.config, accelerator)
+    objective = _build_objective(config, model, data, processor)
+    engine = resolve_engine(accelerator)
+    logger.info("Distributed engine: %s", engine.describe())
+    # Before the optimizer is built: FSDP2's fully_shard replaces the parameters (`model` stays the same module).
+    objective = shard_objective(accelerator, engine, objective)
+    total_steps = num_training_steps(args, data.batches_per_epoch)
     # Parameter names (weight decay, learning-rate prefixes) are the task model's, e.g. `valor.vision_model.*`.
     optimizer = build_optimizer(model, config.optimizer)
     scheduler = build_scheduler(optimizer, config.optimizer, total_steps)
     _prepare_deepspeed(accelerator, config)
-    objective, optimizer = accelerator.prepare(objective, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    objective, optimizer = prepare_objective(accelerator, engine, objective, optimizer)
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
-
-    checkpoint = resolve_checkpoint(args.output_dir, resume_from_checkpoint)
+    loop = TrainingLoop(
+        accelerator, config, objective, optimizer, scheduler, state, total_steps, stop_after_steps, data
+    )
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
+        load_checkpoint(accelerator, checkpoint, loop.checkpointed())
+        if accelerator.is_main_process:
+            MetricsLog(args.output_dir).truncate(state.step)
         logger.info("Resumed from %s at step %d", checkpoint, state.step)
     if accelerator.is_main_process:
         accelerator.init_trackers(args.run_name, config=config.to_flat_dict())
 
-    loop = TrainingLoop(
-        accelerator, config, objective, optimizer, scheduler, state, total_steps, stop_after_steps
-    )
-    loop.run(loader, sampler)
+    loop.run()
     final_dir = None
     if state.step >= total_steps:
-        final_dir = save_final_model(accelerator, objective, processor, output_dir / "final")
-    # Ends the trackers and tears the process group down (gloo aborts processes that exit with it still alive).
-    accelerator.end_training()
-    return TrainResult(
+        final_dir = save_final_model(accelerator, objective, processor, Path(args.output_dir) / FINAL_DIR)
+    result = TrainResult(
         step=state.step, losses=loop.losses, final_dir=final_dir, last_checkpoint=loop.last_checkpoint
     )
+    # The wrapped objective goes first: DDP's reducer holds the process group, and freeing it after the group is
+    # destroyed can wait forever on the group's threads.
+    del loop, objective, optimizer
+    accelerator.free_memory()
+    if release_processes:
+        # Ends the trackers and tears the process group down (gloo aborts processes that exit with it alive).
+        accelerator.end_training()
+    else:
+        for tracker in accelerator.trackers:
+            tracker.finish()
+    return result

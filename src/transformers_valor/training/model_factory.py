@@ -1,8 +1,9 @@
 """The model a run trains: from scratch, from a VALOR checkpoint, or from pretrained single-modality encoders.
 
 [`build_model`] creates an instance of the task's model class ([`TASK_MODEL_CLASSES`]); a from-scratch text tower
-follows the processor's tokenizer ([`sync_text_config_with_tokenizer`]); [`check_processor_matches_model`] stops
-a run whose processor cannot feed the model before any training step.
+follows the processor's tokenizer ([`sync_text_config_with_tokenizer`]), and the task prompts' token ids are taken
+from it when the config has none; [`check_processor_matches_model`] stops a run whose processor cannot feed the
+model before any training step.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import copy
 import logging
 from typing import Any
 
-from ..configuration_valor import ValorConfig
+from ..configuration_valor import ValorConfig, tokenize_task_prompts
 from ..conversion import init_from_encoders
 from ..modeling_valor import ValorForConditionalGeneration, ValorForPreTraining, ValorForRetrieval
 from ..processing_valor import ValorProcessor
@@ -146,6 +147,8 @@ def build_model(args: ModelArguments, processor: ValorProcessor, model_class: ty
             model = model_class(ValorConfig(**config.to_dict()))
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if model.config.task_prompt_ids is None:
+        model.config.set_task_prompt_ids(processor.tokenizer)
     check_processor_matches_model(processor, model.config)
     return model
 
@@ -171,5 +174,11 @@ def check_processor_matches_model(processor: ValorProcessor, config: ValorConfig
     size = processor.video_processor.size
     if not config.is_clip_vision and size["height"] != size["width"]:
         problems.append(f"frames are {size}, Video Swin expects square frames")
+    tokenized = tokenize_task_prompts(processor.tokenizer, config.task_prompts)
+    for name, ids in (config.task_prompt_ids or {}).items():
+        if tokenized[name] != list(ids):
+            problems.append(
+                f"task prompt {name!r} is {ids} in the model but {tokenized[name]} for the tokenizer"
+            )
     if problems:
         raise ValueError("The processor does not match the model: " + "; ".join(problems) + ".")

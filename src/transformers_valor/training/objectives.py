@@ -5,18 +5,19 @@ the YAML's `task:` picks the model class (`model_factory.TASK_MODEL_CLASSES`) an
 
 | task | objective | model | loss per batch |
 | --- | --- | --- | --- |
-| `pretrain` | [`PretrainingObjective`] | `ValorForPreTraining` | `alpha * L_MGA + L_MGC` over the batch's groups |
+| `pretrain` | [`PretrainingObjective`] | `ValorForPreTraining` | `alpha * L_MGA + L_MGC (+ L_MLM)` over the batch's groups |
 | `retrieval` | [`RetrievalObjective`] | `ValorForRetrieval` | mean over the dataset's `contrastive_groups` of the MGA loss |
 | `captioning` | [`CaptioningObjective`] | `ValorForConditionalGeneration` | mean over `caption_groups` of the MGC loss |
 | `captioning` + `scst.enabled` | [`SCSTObjective`] | `ValorForConditionalGeneration` | the SCST loss (see `scst`) |
-| `qa` | [`CaptioningObjective`] | `ValorForConditionalGeneration` | MGC loss on the answer, the question as the decoder's prompt |
+| `qa` | [`CaptioningObjective`] | `ValorForConditionalGeneration` | VALOR's QA loss on the answer (mean per answer), the question composed into the decoder's prompt |
 
 An objective computes the whole loss of a batch in ONE `forward`, so that DDP (which wraps the objective, not the
 model) sees one forward per backward whatever the number of groups. It also decides the distributed semantics:
 pretraining and retrieval score against the global batch (`MultimodalGroupingAlignmentLoss(gather_distributed=
 True)`: features all-gathered with gradients) and pretraining normalises MGC by the global labelled-token count
-(`CaptionLoss(normalize_across_processes=True)`), so DDP's averaged gradients equal a single-process run on the
-global batch; the model forwards themselves only see the local batch.
+(`CaptionLoss(normalize_across_processes=True)`, and the conditioned-MLM loss likewise), so DDP's averaged
+gradients equal a single-process run on the global batch; the model forwards themselves only see the local batch.
+Task prompts (VALOR-L) are added by the models; the objectives pass the collated text only.
 
 `forward` takes the collated batch (`data.collator.model_inputs` of a `ValorTrainingCollator` batch, plus its
 `references`) as one dict and returns an [`ObjectiveOutput`].
@@ -90,6 +91,14 @@ class TrainingObjective(nn.Module):
         """The `ValorModel` inside the task's model (for logging the temperature)."""
         return self.model.valor
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The model's layer classes that this model holds: FSDP's `TRANSFORMER_BASED_WRAP` (Accelerate, and the
+        loop's FSDP2 on CPU) makes each such layer its own unit when the config names no classes; a class the
+        model lacks (CLIP layers in VALOR-B) would be an error there."""
+        present = {type(module).__name__ for module in self.model.modules()}
+        return [name for name in self.model._no_split_modules if name in present]
+
     def forward(self, batch: Mapping[str, Any]) -> ObjectiveOutput:
         """The loss of one collated batch."""
         raise NotImplementedError
@@ -97,9 +106,10 @@ class TrainingObjective(nn.Module):
 
 class PretrainingObjective(TrainingObjective):
     """
-    VALOR pretraining (MGA + MGC) over the batch's `contrastive_groups` and `caption_groups`, through
-    `ValorForPreTraining.compute_losses` with the global-batch MGA loss and the globally normalised MGC loss.
-    Components: `mga`, `mgc` and every group's loss (`mga_<group>`, `mgc_<group>`).
+    VALOR pretraining (MGA + MGC, and conditioned MLM for datasets with `mlm_groups`) over the batch's groups,
+    through `ValorForPreTraining.compute_losses` with the global-batch MGA loss and the globally normalised MGC and
+    MLM losses. Components: `mga`, `mgc`, `mlm` and every group's loss (`mga_<group>`, `mgc_<group>`,
+    `mlm_<group>`).
     """
 
     def __init__(self, model: nn.Module):
@@ -109,6 +119,8 @@ class PretrainingObjective(TrainingObjective):
         self.caption_loss = CaptionLoss(
             config.caption_objective, config.label_smoothing, normalize_across_processes=True
         )
+        # Cross-entropy on the masked positions, whatever the caption objective (reference: plain CE, no smoothing).
+        self.mlm_loss = CaptionLoss("unimlm", normalize_across_processes=True)
 
     _INPUTS = (
         "input_ids",
@@ -122,13 +134,21 @@ class PretrainingObjective(TrainingObjective):
         "prompt_attention_mask",
         "contrastive_groups",
         "caption_groups",
+        "mlm_input_ids",
+        "mlm_labels",
+        "mlm_groups",
     )
 
     def forward(self, batch: Mapping[str, Any]) -> ObjectiveOutput:
-        """`alpha * L_MGA + L_MGC` of the batch; see `ValorForPreTraining.compute_losses` for the inputs."""
+        """`alpha * L_MGA + L_MGC + L_MLM` of the batch; see `ValorForPreTraining.compute_losses` for the inputs."""
         inputs = {key: batch[key] for key in self._INPUTS if key in batch}
-        output = self.model.compute_losses(self.mga_loss, self.caption_loss, **inputs)
-        components = {"mga": output.contrastive_loss, "mgc": output.caption_loss, **output.group_losses}
+        output = self.model.compute_losses(self.mga_loss, self.caption_loss, mlm_loss=self.mlm_loss, **inputs)
+        components = {
+            "mga": output.contrastive_loss,
+            "mgc": output.caption_loss,
+            "mlm": output.mlm_loss,
+            **output.group_losses,
+        }
         return ObjectiveOutput(output.loss, {k: v for k, v in components.items() if v is not None})
 
 
@@ -165,9 +185,10 @@ class RetrievalObjective(TrainingObjective):
 
 class CaptioningObjective(TrainingObjective):
     """
-    Captioning (`task="captioning"`) or question answering (`task="qa"`, the question as `prompt_ids`): the mean
-    over the batch's `caption_groups` of the model's MGC loss, each group decoding from its modalities (its own
-    encoder passes; VALOR's recipes train one group per dataset). Components: `mgc_<group>`.
+    Captioning (`task="captioning"`) or question answering (`task="qa"`, the question as `question_ids`, which the
+    model composes into its prompt): the mean over the batch's `caption_groups` of the model's loss (MGC, or VALOR's
+    QA loss), each group decoding from its modalities (its own encoder passes; VALOR's recipes train one group per
+    dataset). Components: `mgc_<group>`.
 
     Args:
         model ([`ValorForConditionalGeneration`]).
@@ -184,9 +205,9 @@ class CaptioningObjective(TrainingObjective):
         groups = batch.get("caption_groups")
         if not groups:
             raise ValueError(f"{self.task} fine-tuning needs at least one caption group.")
-        if self.task == "qa" and batch.get("prompt_ids") is None:
+        if self.task == "qa" and batch.get("question_ids") is None:
             raise ValueError(
-                "Question answering needs the questions as `prompt_ids` (set `question_column`)."
+                "Question answering needs the questions as `question_ids` (set `question_column`)."
             )
         decoder_ids = batch.get("caption_input_ids")
         losses = {}
@@ -199,6 +220,8 @@ class CaptioningObjective(TrainingObjective):
                 input_features=batch.get("input_features") if "audio" in use else None,
                 prompt_ids=batch.get("prompt_ids"),
                 prompt_attention_mask=batch.get("prompt_attention_mask"),
+                question_ids=batch.get("question_ids"),
+                question_attention_mask=batch.get("question_attention_mask"),
                 labels=batch["labels"],
                 return_dict=True,
             ).loss
@@ -238,10 +261,14 @@ class SCSTObjective(TrainingObjective):
             batch.get("pixel_values_videos") if "video" in use else None,
             batch.get("input_features") if "audio" in use else None,
         )
-        prompts = {
-            "prompt_ids": batch.get("prompt_ids"),
-            "prompt_attention_mask": batch.get("prompt_attention_mask"),
-        }
+        # The prompt is resolved once (VALOR-L's captioning prompt), so sampling and scoring use the same one.
+        prompt_ids, prompt_mask = model.decoder_prompt(
+            batch["input_ids"].shape[0],
+            batch["input_ids"].device,
+            batch.get("prompt_ids"),
+            batch.get("prompt_attention_mask"),
+        )
+        prompts = {"prompt_ids": prompt_ids, "prompt_attention_mask": prompt_mask}
         greedy, sampled = sample_with_greedy_baseline(
             model,
             self.args,

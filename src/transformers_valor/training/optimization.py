@@ -18,7 +18,7 @@ def _no_decay_names(model: nn.Module) -> set[str]:
     for module_name, module in model.named_modules():
         for param_name, param in module.named_parameters(recurse=False):
             full = f"{module_name}.{param_name}" if module_name else param_name
-            if param_name == "bias" or isinstance(module, _NORM_TYPES) or param.dim() == 0:
+            if param_name == "bias" or isinstance(module, _NORM_TYPES) or param.numel() == 1:
                 names.add(full)
     return names
 
