@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,11 @@ def rss_mb() -> tuple[float, float]:
         line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line
     )
     return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
+
+
+def load_note() -> str:
+    """The 1-minute load average now (other engineers share the 2 cores), for beside the timings."""
+    return f"load average {os.getloadavg()[0]:.1f}"
 
 
 def folder_mb(path: Path) -> float:
@@ -207,12 +213,14 @@ def two_stage_recall(model, gallery, text, group: str, k: int, truth: torch.Tens
 def compare_indexes(model, gallery, text, truth, args) -> None:
     """Phase 4: two-stage recall@10, latency and build time per faiss index type, at `args.num_candidates`."""
     configs = {"flat": {}, "ivf": {"nprobe": args.nprobe}, "hnsw": {"hnsw_m": 32}}
+    configs = {name: configs[name] for name in args.compare_index_types}
     k = args.num_candidates
-    print(f"index types at {len(gallery)} items, k={k}, vectors {DEFAULT_VECTORS}:")
+    print(f"index types at {len(gallery)} items, k={k}, vectors {DEFAULT_VECTORS} ({load_note()}):")
     for index_type, params in configs.items():
         for group in truth:
             start = time.perf_counter()
-            gallery.build_index(group, index_type=index_type, **params)
+            with building(args):
+                gallery.build_index(group, index_type=index_type, **params)
             built = time.perf_counter() - start
             recall = two_stage_recall(model, gallery, text, group, k, truth[group])
             seconds = time_two_stage(model, gallery, text, group, k, args.latency_queries)
@@ -222,17 +230,29 @@ def compare_indexes(model, gallery, text, truth, args) -> None:
             )
 
 
-def set_threads(threads: int) -> None:
-    """torch's and faiss's thread counts."""
+def set_threads(threads: int, faiss_threads: int) -> None:
+    """torch's and faiss's thread counts. faiss ships its own OpenMP runtime: when both pools have several
+    threads, each one's idle threads spin while the other works, which slows a single query several-fold on
+    2 cores (measured: `--faiss_threads`)."""
     torch.set_num_threads(threads)
-    require_faiss().omp_set_num_threads(threads)
+    require_faiss().omp_set_num_threads(faiss_threads)
+
+
+@contextmanager
+def building(args):
+    """Index builds (k-means, adding) use every thread; searches `--faiss_threads`."""
+    require_faiss().omp_set_num_threads(args.threads)
+    try:
+        yield
+    finally:
+        require_faiss().omp_set_num_threads(args.faiss_threads)
 
 
 def latencies(model, gallery, text, args, ks: list[int], exhaustive_count: int) -> dict[str, list[float]]:
     """Single-query search times per thread count, group and k (and exhaustive), keyed `<threads>/<group>/<k>`."""
     out = {}
     for threads in args.latency_threads:
-        set_threads(threads)
+        set_threads(threads, min(threads, args.faiss_threads))
         for group in RETRIEVAL_GROUPS:
             out[f"{threads}/{group}/exhaustive"] = exhaustive_latency(
                 model, gallery, text, [group], exhaustive_count
@@ -241,7 +261,7 @@ def latencies(model, gallery, text, args, ks: list[int], exhaustive_count: int) 
                 out[f"{threads}/{group}/{k}"] = time_two_stage(
                     model, gallery, text, group, k, args.latency_queries
                 )
-    set_threads(args.threads)
+    set_threads(args.threads, args.faiss_threads)
     return out
 
 
@@ -323,7 +343,8 @@ def build_large(model, source: VideoGallery, args) -> tuple[Path, dict[str, floa
     timings["features (derive + write)"] = time.perf_counter() - start
     for group in RETRIEVAL_GROUPS:
         start = time.perf_counter()
-        gallery.build_index(group, **index_params(args))
+        with building(args):
+            gallery.build_index(group, **index_params(args))
         timings[f"{group} index"] = time.perf_counter() - start
     return path, timings
 
@@ -342,10 +363,10 @@ def index_params(args) -> dict:
 def serve(args) -> None:
     """Phase 6 (a fresh process): load the derived gallery, time the queries two-stage for every k and a few
     exhaustively, measure recall on `exhaustive_queries`; print one JSON line with the figures and memory."""
-    set_threads(args.threads)
+    set_threads(args.threads, args.faiss_threads)
     model = ValorModel.from_pretrained(args.model).eval()
     processor = ValorProcessor.from_pretrained(args.model)
-    report = {"rss_model_mb": rss_mb()[0]}
+    report = {"rss_model_mb": rss_mb()[0], "load_start": os.getloadavg()[0]}
     start = time.perf_counter()
     gallery = VideoGallery.load(args.serve, model=model)
     report.update(load_s=time.perf_counter() - start, rss_loaded_mb=rss_mb()[0])
@@ -357,7 +378,9 @@ def serve(args) -> None:
     for group in RETRIEVAL_GROUPS:
         time_two_stage(model, gallery, text, group, max(args.sweep_large), args.latency_queries)
     report["rss_two_stage_mb"] = rss_mb()[0]
-    report["times"] = latencies(model, gallery, text, args, args.sweep_large, exhaustive_count=3)
+    report["times"] = latencies(
+        model, gallery, text, args, args.sweep_large, exhaustive_count=args.exhaustive_latency_large
+    )
     subset = ValorFeatures(**{n: v[: args.exhaustive_queries] for n, v in text.items()})
     truth = {
         group: torch.stack([h.rows for h in exhaustive_search(model, gallery, subset, group, top_k=10)])
@@ -365,6 +388,7 @@ def serve(args) -> None:
     }
     report["recall"] = recalls(model, gallery, subset, truth, args.sweep_large)
     report["rss_end_mb"], report["rss_peak_mb"] = rss_mb()
+    report["load_end"] = os.getloadavg()[0]
     print("SERVE " + json.dumps(report))
 
 
@@ -393,7 +417,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ivf_lists", type=int, default=1024)
     parser.add_argument("--sigma", type=float, default=0.3, help="Noise norm of the derived copies.")
     parser.add_argument("--latency_queries", type=int, default=20, help="Queries timed one by one.")
+    parser.add_argument(
+        "--exhaustive_latency_large", type=int, default=3, help="Queries timed exhaustively at 1M items."
+    )
+    parser.add_argument(
+        "--compare_index_types", nargs="+", default=["flat", "ivf", "hnsw"], choices=["flat", "ivf", "hnsw"]
+    )
     parser.add_argument("--exhaustive_queries", type=int, default=20, help="Exhaustive queries at 1M items.")
+    parser.add_argument(
+        "--faiss_threads", type=int, default=1, help="faiss threads while searching (builds use --threads)."
+    )
     parser.add_argument("--latency_threads", type=int, nargs="+", default=[2, 1], help="Thread counts timed.")
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -402,7 +435,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def print_large(path: Path, timings: dict, report: dict, args, gflops: float) -> None:
     """The 1M-item figures: build, disk, memory, latency, recall."""
     total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
-    print(f"derived gallery of {args.num_large} items: {path}")
+    print(
+        f"derived gallery of {args.num_large} items: {path} (served in a fresh process; load average "
+        f"{report['load_start']:.1f} at its start, {report['load_end']:.1f} at its end)"
+    )
     if timings:
         print("  build: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     print(
@@ -434,8 +470,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.serve:
         return serve(args)
-    torch.set_num_threads(args.threads)
-    require_faiss().omp_set_num_threads(args.threads)
+    set_threads(args.threads, args.faiss_threads)
     gflops = matmul_gflops(args.threads)
     print(
         f"machine: {os.cpu_count()} cores, fp32 matmul {gflops:.0f} GFLOP/s on {args.threads} threads measured now; "
@@ -451,9 +486,10 @@ def main(argv=None) -> None:
     truth = exhaustive_top10(model, gallery, text, RETRIEVAL_GROUPS)
     compare_first_stages(gallery, text, truth, args.ks)
     compare_indexes(model, gallery, text, truth, args)
-    print(f"at {len(gallery)} items, {args.index_type} index, single queries (p50 / p95):")
-    for group in RETRIEVAL_GROUPS:
-        gallery.build_index(group, **index_params(args))
+    print(f"at {len(gallery)} items, {args.index_type} index, single queries (p50 / p95; {load_note()}):")
+    with building(args):
+        for group in RETRIEVAL_GROUPS:
+            gallery.build_index(group, **index_params(args))
     times = latencies(model, gallery, text, args, args.sweep, exhaustive_count=args.latency_queries)
     print_sweep(times, recalls(model, gallery, text, truth, args.sweep), args, args.sweep, "")
     path, timings = build_large(model, gallery, args)

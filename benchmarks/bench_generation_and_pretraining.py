@@ -111,10 +111,12 @@ def bench_beam_ranking(device, dtype, repeats, batch_size):
     )
 
 
-def pretraining_batch(config, batch_size, frames, clips, image_size, device, dtype):
+def pretraining_batch(config, batch_size, frames, clips, image_size, device, dtype, text_length=32):
+    """A seeded, masked pretraining batch: random token ids within the vocabulary, random frames and fbank clips."""
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 2000, (batch_size, 32), generator=generator)
-    ids[:, 0], ids[:, -1] = 101, 102
+    text = config.text_config
+    ids = torch.randint(5, min(2000, text.vocab_size), (batch_size, text_length), generator=generator)
+    ids[:, 0], ids[:, -1] = text.bos_token_id, text.eos_token_id
     masking = CaptionMaskingConfig.from_model_config(config.text_config)
     caption_ids, labels = mask_captions(ids, masking, generator)
     mel, time_frames = config.audio_config.image_size

@@ -114,9 +114,11 @@ def _measure(num: int, mode: str, device, dtype) -> dict:
     return result
 
 
-def _worker(job: list[str], device_name: str, dtype_name: str) -> dict:
+def _worker(job: list[str], device_name: str, dtype_name: str, threads: int | None) -> dict:
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     device, dtype = torch.device(device_name), getattr(torch, dtype_name)
     if job[0] == "limits":
         return _limits(device, dtype)
@@ -124,8 +126,19 @@ def _worker(job: list[str], device_name: str, dtype_name: str) -> dict:
 
 
 def _run(job: list[str], args) -> dict:
+    threads = ["--threads", str(args.threads)] if args.threads else []
     out = subprocess.run(
-        [sys.executable, __file__, "--device", args.device, "--dtype", args.dtype, "--_worker", *job],
+        [
+            sys.executable,
+            __file__,
+            "--device",
+            args.device,
+            "--dtype",
+            args.dtype,
+            *threads,
+            "--_worker",
+            *job,
+        ],
         capture_output=True,
         text=True,
         env={**os.environ},
@@ -169,6 +182,13 @@ def main():
     parser.add_argument("--memory_limit_gb", type=float, default=16.0, help="skip naive runs needing more")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of every measurement (default: torch's); 1 keeps a loaded machine's thread-pool "
+        "stalls out of the many small reductions",
+    )
     parser.add_argument("--_worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device is None:
@@ -176,12 +196,16 @@ def main():
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args._worker:
-        print(json.dumps(_worker(args._worker, args.device, args.dtype)))
+        print(json.dumps(_worker(args._worker, args.device, args.dtype, args.threads)))
         return
     import torch
 
     sizes = [1000] if args.quick else args.sizes
-    threads = f"{torch.get_num_threads()} threads" if args.device == "cpu" else torch.cuda.get_device_name()
+    threads = (
+        f"{args.threads or torch.get_num_threads()} threads"
+        if args.device == "cpu"
+        else torch.cuda.get_device_name()
+    )
     print(
         f"device {args.device} ({threads}), {args.dtype}, torch {torch.__version__}; texts x videos, "
         f"{TEXT_TOKENS} text tokens vs {VIDEO_POSITIONS} frames+clips, dim {DIM}"

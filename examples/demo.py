@@ -1,22 +1,30 @@
-"""The `make demo` entry point: generate the synthetic corpus, train a small VALOR from scratch on the CPU, evaluate.
+"""The `make demo` entry point: VALOR's recipe in miniature on the synthetic corpus, on the CPU.
 
 Steps (each timed):
 
-1. write (or reuse) the synthetic audiovisual corpus: 2,000 training and 200 test clips;
+1. write (or reuse) the synthetic audiovisual corpus: 2,000 training and 200 test clips (`--seed` picks which);
 2. train a WordPiece vocabulary on the training captions with `tokenizers` and save a `ValorProcessor`;
-3. pretrain with `accelerate launch --multi_gpu --num_processes 2 examples/pretrain.py --config examples/configs/demo.yaml`
+3. stage 0, unimodal pretraining (`transformers_valor.training.unimodal`, `examples/configs/demo_unimodal.yaml`)
+   on clips disjoint from the corpus's: Video Swin as a colour / shape / direction classifier, an AST as a sound
+   classifier, a BERT with masked-language modelling; each saved as a standard checkpoint of its class under
+   `<output_dir>/encoders/`;
+4. stage 1, VALOR pretraining (MGA + MGC) from those three checkpoints (`model.text_encoder`, `vision_encoder`,
+   `audio_encoder`, i.e. `init_from_encoders`) with
+   `accelerate launch --multi_gpu --num_processes 2 examples/pretrain.py --config examples/configs/demo.yaml`
    (a subprocess; two 1-thread gloo DDP processes are faster on 2 cores than one 2-thread process, and far less
    sensitive to other load on the machine);
-4. load the saved model with `ValorModel` / `ValorForConditionalGeneration.from_pretrained`, evaluate on the test
+5. load the saved model with `ValorModel` / `ValorForConditionalGeneration.from_pretrained`, evaluate on the test
    split and print one table: text-to-video / audio / audiovisual retrieval, and captioning from video, audio and
-   both (BLEU-4, CIDEr, attribute accuracy); then caption one test clip straight from its .mp4.
+   both (BLEU-4, CIDEr, attribute accuracy); caption one test clip straight from its .mp4;
+6. write `<output_dir>/report.html` (`transformers_valor.training.demo_report`).
 
-    python examples/demo.py [--output_dir outputs/demo] [--num_processes 2] [--skip_training]
+    python examples/demo.py [--output_dir outputs/demo] [--seed 0] [--num_processes 2] [--skip_training]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +35,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "examples" / "configs" / "demo.yaml"
+UNIMODAL_CONFIG = REPO / "examples" / "configs" / "demo_unimodal.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,9 +56,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--num_processes", type=int, default=2, help="Training processes (CPU: gloo DDP if > 1)."
     )
     parser.add_argument(
-        "--skip_training", action="store_true", help="Evaluate the model already in the run folder."
+        "--skip_training",
+        action="store_true",
+        help="Skip stages 0 and 1: evaluate the model already in the run folder.",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="Seed of the corpus generator (which clips exist), of stage 0 and of stage 1 (`training.seed`).",
     )
     parser.add_argument("--set", nargs="*", default=[], help="Extra config overrides for pretrain.py.")
+    parser.add_argument(
+        "--set_unimodal",
+        nargs="*",
+        default=[],
+        help="Overrides of the stage-0 config, e.g. video.steps=20 corpus.num_clips=300.",
+    )
     parser.add_argument("--num_beams", type=int, default=3)
     return parser.parse_args(argv)
 
@@ -74,8 +97,25 @@ def build_processor(corpus: Path, output: Path):
     return processor
 
 
-def launch_training(args: argparse.Namespace, processor_dir: Path, corpus: Path, run_dir: Path) -> None:
-    """Run examples/pretrain.py under `accelerate launch` (CPU; `--multi_gpu` gives gloo DDP with 2+ processes)."""
+def pretrain_towers(args: argparse.Namespace, processor, encoders_dir: Path) -> dict[str, Path]:
+    """Stage 0: each tower pretrained alone on clips disjoint from the corpus's; returns the three checkpoints."""
+    from transformers_valor.training.unimodal import load_unimodal_config, run_unimodal_pretraining
+
+    config = load_unimodal_config(UNIMODAL_CONFIG, args.set_unimodal)
+    folders = run_unimodal_pretraining(config, processor, encoders_dir, seed=args.seed)
+    summary = json.loads((encoders_dir / "unimodal_summary.json").read_text(encoding="utf-8"))
+    accuracy = {
+        name: value for tower in summary["heldout_accuracy"].values() for name, value in tower.items()
+    }
+    print("stage 0 held-out accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()), flush=True)
+    return folders
+
+
+def launch_training(
+    args: argparse.Namespace, processor_dir: Path, corpus: Path, run_dir: Path, encoders: dict[str, Path]
+) -> None:
+    """Stage 1: examples/pretrain.py from the stage-0 towers under `accelerate launch` (CPU; `--multi_gpu` gives
+    gloo DDP with 2+ processes)."""
     command = [
         sys.executable,
         "-m",
@@ -100,6 +140,10 @@ def launch_training(args: argparse.Namespace, processor_dir: Path, corpus: Path,
         f"model.processor={processor_dir}",
         f"datasets.0.path={corpus}",
         f"training.output_dir={run_dir}",
+        f"training.seed={args.seed}",
+        f"model.text_encoder={encoders['text']}",
+        f"model.vision_encoder={encoders['video']}",
+        f"model.audio_encoder={encoders['audio']}",
     ]
     command += args.set
     print("$", " ".join(command), flush=True)
@@ -114,7 +158,7 @@ def launch_training(args: argparse.Namespace, processor_dir: Path, corpus: Path,
 
 def evaluate(model_dir: Path, corpus: Path, num_beams: int, cache_dir: Path) -> dict:
     """Retrieval and captioning on the test split (decoded once, cached in `cache_dir`); returns the table's
-    numbers, the predictions and the metadata rows of the evaluated clips."""
+    numbers, the predictions, the metadata rows of the evaluated clips and the decoded set."""
     from transformers_valor import ValorForConditionalGeneration, ValorModel, ValorProcessor
     from transformers_valor.configuration_valor import CAPTION_GROUPS, RETRIEVAL_GROUPS
     from transformers_valor.data.datasets import DatasetConfig
@@ -155,14 +199,21 @@ def evaluate(model_dir: Path, corpus: Path, num_beams: int, cache_dir: Path) -> 
     for group, captions in predictions.items():
         accuracy = attribute_accuracy(list(captions.values()), rows)
         captioning[group].update({f"attr_{name}": value for name, value in accuracy.items()})
-    return {"retrieval": retrieval, "captioning": captioning, "predictions": predictions, "rows": rows}
+    return {
+        "retrieval": retrieval,
+        "captioning": captioning,
+        "predictions": predictions,
+        "rows": rows,
+        "eval_set": eval_set,
+    }
 
 
 def format_table(results: dict) -> str:
     """One plain-text table with the retrieval and captioning numbers."""
     from transformers_valor.configuration_valor import CAPTION_GROUPS, MODALITY_GROUPS, RETRIEVAL_GROUPS
 
-    lines = ["retrieval (200 test clips)   R@1     R@5     R@10    MedR"]
+    header = f"retrieval ({len(results['rows'])} test clips)"
+    lines = [f"{header:<29}R@1     R@5     R@10    MedR"]
     for group in RETRIEVAL_GROUPS:
         spec, m = MODALITY_GROUPS[group], results["retrieval"][group]
         text_to_x = spec.metric_names[0]
@@ -197,40 +248,50 @@ def caption_one(model_dir: Path, video: Path, num_beams: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the whole demo and print the results table."""
+    """Run the whole demo, print the results table and write the report."""
     args = parse_args(argv)
     from transformers_valor.data.synthetic import generate_corpus
+    from transformers_valor.training.demo_report import write_demo_report
 
     out = Path(args.output_dir).resolve()
     corpus, processor_dir, run_dir = out / "corpus", out / "processor", out / "run"
+    encoders_dir = out / "encoders"
     timings = {}
     start = t0 = time.perf_counter()
     generate_corpus(
-        corpus, args.num_train, args.num_test, seed=0, motion_trail=args.motion_trail, progress=True
+        corpus, args.num_train, args.num_test, seed=args.seed, motion_trail=args.motion_trail, progress=True
     )
     timings["corpus"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    build_processor(corpus, processor_dir)
+    processor = build_processor(corpus, processor_dir)
     timings["vocabulary + processor"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
     if not args.skip_training:
-        launch_training(args, processor_dir, corpus, run_dir)
-    timings["training (accelerate launch)"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        encoders = pretrain_towers(args, processor, encoders_dir)
+        timings["stage 0 (unimodal)"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        launch_training(args, processor_dir, corpus, run_dir, encoders)
+        timings["stage 1 (accelerate launch)"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     model_dir = run_dir / "final"
     results = evaluate(model_dir, corpus, args.num_beams, run_dir / "eval_cache")
     timings["evaluation"] = time.perf_counter() - t0
 
-    print("\n" + format_table(results))
+    table = format_table(results)
+    print("\n" + table)
     row = results["rows"][0]
     video = corpus / "test" / row["file_name"]
     print(f"\nexample: {video}")
     print(f"  reference: {row['caption']}")
     print(f"  generated: {caption_one(model_dir, video, args.num_beams)}")
+    t0 = time.perf_counter()
+    report = write_demo_report(out, results, corpus, model_dir, table, seed=args.seed)
+    timings["report"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
+    print(f"\nreport: {report}")
     print("\ntimings: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
 
 

@@ -137,14 +137,23 @@ def ddp_runs(tiny_corpus, tiny_processor_dir, tiny_shards, tmp_path_factory):
     """Every two-process check in ONE `torchrun --nproc_per_node 2` launch of tests/distributed_training_worker.py
     (gloo on the CPU): the pretraining objective's gradients, `examples/pretrain.py`, `finetune_retrieval.py`
     (groups `tva` + `tv`, distributed evaluation), the same pretraining and retrieval sharded by FSDP2 (the
-    shipped accelerate config; pretraining also stopped and resumed), one bf16 FSDP2 step, pretraining streamed
-    from shards (uninterrupted and resumed) and `finetune_captioning.py` (SCST, distributed evaluation). Returns
-    the work folder with their outputs."""
+    shipped accelerate config; pretraining also stopped and resumed), `caption_videos.py` over the test clips and a
+    damaged file, one bf16 FSDP2 step, pretraining streamed from shards (uninterrupted and resumed) and
+    `finetune_captioning.py` (SCST, distributed evaluation). Returns the work folder with their outputs."""
+    import json
     import subprocess
 
     import yaml
 
-    from training_helpers import subprocess_env, tiny_run, torchrun_command
+    from training_helpers import (
+        CAPTION_VIDEOS_SETTINGS,
+        ENCODE_VIDEOS_SETTINGS,
+        subprocess_env,
+        tiny_generator,
+        tiny_run,
+        torchrun_command,
+    )
+    from transformers_valor import ValorProcessor
 
     workdir = tmp_path_factory.mktemp("ddp")
     # The three runs decode the same clips with the same settings: one shared decoded cache.
@@ -213,6 +222,22 @@ def ddp_runs(tiny_corpus, tiny_processor_dir, tiny_shards, tmp_path_factory):
         )
     for name, values in runs.items():
         (workdir / f"{name}.yaml").write_text(yaml.safe_dump(values))
+    # examples/caption_videos.py with a random tiny captioner over the test clips and one damaged file.
+    tiny_generator(tiny_processor_dir).save_pretrained(workdir / "captioner")
+    ValorProcessor.from_pretrained(tiny_processor_dir).save_pretrained(workdir / "captioner")
+    (workdir / "broken.mp4").write_bytes(b"not a video")
+    clips = sorted(str(p) for p in (tiny_corpus / "test").glob("*.mp4"))
+    (workdir / "caption_list.txt").write_text("\n".join([*clips, "broken.mp4"]) + "\n")
+    caption_args = {
+        "model": str(workdir / "captioner"),
+        "videos": str(workdir / "caption_list.txt"),
+        "output": str(workdir / "captions"),
+        **CAPTION_VIDEOS_SETTINGS,
+    }
+    (workdir / "caption_args.json").write_text(json.dumps(caption_args))
+    encode_args = {**ENCODE_VIDEOS_SETTINGS, "output": str(workdir / "gallery")}
+    encode_args.update({key: caption_args[key] for key in ("model", "videos")})
+    (workdir / "encode_args.json").write_text(json.dumps(encode_args))
     worker = os.path.join(os.path.dirname(__file__), "distributed_training_worker.py")
     # Its own session, so that a timeout kills the workers too (killing torchrun alone leaves them orphaned).
     process = subprocess.Popen(

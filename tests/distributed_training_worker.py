@@ -12,6 +12,10 @@ Launched by the `ddp_runs` fixture (tests/conftest.py) as
 2. `examples/pretrain.py --config WORKDIR/pretrain.yaml`;
 3. `examples/finetune_retrieval.py --config WORKDIR/retrieval.yaml` (trains, then both processes evaluate, each
    on its half of the test set, `training.corpus_split`);
+   then `examples/caption_videos.py` (`WORKDIR/caption_args.json`: a random tiny captioner over a file list,
+   each process captioning its share into shards, the main process merging them into `captions.jsonl`), and
+   `examples/encode_videos.py` (`WORKDIR/encode_args.json`: the same model and list into a gallery, each
+   process encoding its share, the main process committing the shards and building the indexes);
 4. FSDP2 under the environment `accelerate launch --config_file examples/configs/accelerate/fsdp_2nodes.yaml`
    gives the script (1 machine, 2 processes, fp32), which the loop shards itself on the CPU: `fsdp.yaml` (the
    pretraining run of step 2 sharded), `fsdp_resumed.yaml` (the same, stopped after 2 steps and resumed from its
@@ -102,12 +106,17 @@ def gradients_on_half_batches(output_path: Path) -> None:
 
 def run_script(name: str, config: Path, last: bool, extra: tuple[str, ...] = ()) -> None:
     """Run `examples/<name>` as `__main__` with `--config config` and the `extra` arguments."""
+    run_example(name, ("--config", str(config), *extra), last)
+
+
+def run_example(name: str, arguments: tuple[str, ...], last: bool) -> None:
+    """Run `examples/<name>` as `__main__` with `arguments`."""
     destroy = PartialState.destroy_process_group
     if not last:
         # `train` ends with `Accelerator.end_training`, which destroys the process group; keep it for the next run
         # (a new group on the same rendezvous store does not connect reliably).
         PartialState.destroy_process_group = lambda self, group=None: None
-    sys.argv = [name, "--config", str(config), *extra]
+    sys.argv = [name, *arguments]
     try:
         runpy.run_path(str(REPO / "examples" / name), run_name="__main__")
     finally:
@@ -187,12 +196,33 @@ def streaming_runs(workdir: Path) -> None:
     )
 
 
+def caption_videos(workdir: Path) -> None:
+    """Step 3b: `examples/caption_videos.py` with `WORKDIR/captioner` (a random tiny captioner) over
+    `WORKDIR/caption_list.txt` (the test clips and a damaged file), each process captioning every second item, into
+    `WORKDIR/captions`."""
+    arguments = [
+        f"--{key}={value}" for key, value in json.loads((workdir / "caption_args.json").read_text()).items()
+    ]
+    run_example("caption_videos.py", (*arguments, "--no_progress"), last=False)
+
+
+def encode_videos(workdir: Path) -> None:
+    """Step 3c: `examples/encode_videos.py` with the same captioner's encoders over the same list, each process
+    encoding every second item into `WORKDIR/gallery`; rank 0 commits the shards and builds the indexes."""
+    arguments = [
+        f"--{key}={value}" for key, value in json.loads((workdir / "encode_args.json").read_text()).items()
+    ]
+    run_example("encode_videos.py", (*arguments, "--no_progress"), last=False)
+
+
 def main(workdir: Path) -> None:
     """The checks, in order."""
     dist.init_process_group("gloo")
     gradients_on_half_batches(workdir / "gradients.pt")
     run_script("pretrain.py", workdir / "pretrain.yaml", last=False)
     run_script("finetune_retrieval.py", workdir / "retrieval.yaml", last=False)
+    caption_videos(workdir)
+    encode_videos(workdir)
     fsdp_runs(workdir)
     fsdp_mixed_precision(workdir / "fsdp_bf16.json")
     streaming_runs(workdir)

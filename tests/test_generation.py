@@ -15,7 +15,7 @@ from helpers import (
 )
 from transformers_valor import ValorForConditionalGeneration
 from transformers_valor.data.masking import CaptionMaskingConfig, mask_captions, next_token_labels
-from transformers_valor.modeling_valor import compose_question_prompt
+from transformers_valor.modeling_valor import compose_question_prompt, strip_trailing_sep
 
 
 class ValorGenerationTester:
@@ -74,6 +74,47 @@ def test_loss_counts_only_labelled_positions():
     keep = labels != -100
     expected = torch.nn.functional.cross_entropy(out.logits[keep], labels[keep])
     torch.testing.assert_close(out.loss, expected)
+
+
+def test_blip_habit_labels_equal_input_ids_is_refused_for_unimlm():
+    tester = ValorGenerationTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    with pytest.raises(ValueError, match=r"copy its input.*mask_captions"):
+        model(
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["pixel_values_videos"],
+            labels=inputs["input_ids"],
+        )
+    lm = ValorGenerationTester(caption_objective="lm").create_model()
+    out = lm(
+        inputs["input_ids"],
+        inputs["attention_mask"],
+        inputs["pixel_values_videos"],
+        labels=inputs["input_ids"],
+    )
+    assert torch.isfinite(out.loss)  # `lm` shifts `labels=input_ids` inside, as BLIP does
+
+
+def test_strip_trailing_sep_masks_each_rows_sep_and_drops_empty_columns():
+    ids = torch.tensor([[CLS, 5, 6, SEP], [CLS, 7, SEP, PAD], [CLS, PAD, PAD, PAD]])
+    stripped, mask = strip_trailing_sep(ids, (ids != PAD).long(), SEP, PAD)
+    assert stripped.tolist() == [[CLS, 5, 6], [CLS, 7, PAD], [CLS, PAD, PAD]]
+    assert mask.tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 0]]
+    no_sep = torch.tensor([[CLS, 5, 6]])
+    assert strip_trailing_sep(no_sep, torch.ones_like(no_sep), SEP, PAD)[0] is no_sep
+
+
+def test_processor_prefix_with_sep_continues_the_caption():
+    tester = ValorGenerationTester()
+    model = tester.create_model()
+    video = tester.prepare_inputs()["pixel_values_videos"]
+    prefix = torch.tensor([[CLS, 11, 12]] * 3)
+    with_sep = torch.cat([prefix, torch.full((3, 1), SEP)], dim=1)  # what `processor(text=...)` gives
+    expected = model.generate(video, input_ids=prefix, num_beams=1, max_new_tokens=4)
+    out = model.generate(video, input_ids=with_sep, num_beams=1, max_new_tokens=4)
+    assert torch.equal(out, expected) and out[:, :3].tolist() == prefix.tolist()
 
 
 @pytest.mark.parametrize("objective", ["unimlm", "lm"])
@@ -397,3 +438,56 @@ def test_qa_loss_is_the_mean_of_per_answer_means():
     torch.testing.assert_close(out.loss, torch.stack(per_answer).mean())
     token_mean = torch.nn.functional.cross_entropy(out.logits[labels != -100], labels[labels != -100])
     assert not torch.isclose(out.loss, token_mean)  # the caption loss would weight long answers more
+
+
+# ------------------------------------------------------------------------------------------ attentions
+def test_forward_returns_self_and_cross_attentions_and_tuples():
+    tester = ValorGenerationTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    decoder_ids, labels = _masked_batch(inputs, model)
+    args = (decoder_ids, inputs["attention_mask"], inputs["pixel_values_videos"], inputs["input_features"])
+    out = model(*args, output_attentions=True, output_hidden_states=True)
+    modality_tokens = 4 * 16 + 2 * 9  # video frames x tokens + audio clips x tokens
+    assert len(out.cross_attentions) == 2 and out.cross_attentions[0].shape == (3, 4, 7, modality_tokens)
+    torch.testing.assert_close(out.cross_attentions[0].sum(-1), torch.ones(3, 4, 7))  # concat layout
+    assert out.attentions[0].shape == (3, 4, 7, 7) and len(out.hidden_states) == 3
+    as_tuple = model(*args, labels=labels, return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], model(*args, labels=labels).loss)
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_generate_returns_cross_attentions_per_step(num_beams):
+    tester = ValorGenerationTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs()
+    out = model.generate(
+        inputs["pixel_values_videos"],
+        num_beams=num_beams,
+        beam_ranking="transformers",
+        max_new_tokens=3,
+        min_new_tokens=3,
+        output_attentions=True,
+        return_dict_in_generate=True,
+    )
+    assert len(out.cross_attentions) == len(out.attentions) == 3
+    first_layer = out.cross_attentions[0][0]  # step 0: [CLS ; MASK] over the 4 x 16 video tokens
+    assert first_layer.shape == (3 * num_beams, 4, 2, 4 * 16)
+    expected = model(
+        out.sequences[:, :1],  # [CLS] in every row
+        pixel_values_videos=inputs["pixel_values_videos"],
+        generation_step=True,
+        output_attentions=True,
+    ).cross_attentions[0]
+    torch.testing.assert_close(first_layer[::num_beams], expected)
+    plain = model.generate(
+        inputs["pixel_values_videos"], num_beams=1, max_new_tokens=3, return_dict_in_generate=True
+    )
+    assert not hasattr(plain, "cross_attentions")
+
+
+def test_static_cache_is_refused_with_the_reason():
+    model = ValorGenerationTester().create_model()
+    inputs = ValorInputsTester().prepare_inputs()
+    with pytest.raises(NotImplementedError, match="static"):
+        model.generate(inputs["pixel_values_videos"], inputs["input_features"], cache_implementation="static")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from test_metrics_retrieval import SCORES
-from transformers_valor.metrics import load_metric
+from transformers_valor.metrics import load_metric, metric_path
 
 
 def _no_network(*args, **kwargs):
@@ -64,3 +64,14 @@ def test_load_metric_offline(offline_evaluate, tmp_path):
 def test_load_metric_unknown_name():
     with pytest.raises(ValueError, match="Unknown metric"):
         load_metric("bleu")
+
+
+def test_evaluate_load_takes_the_module_folder(offline_evaluate):
+    import evaluate
+
+    captioning = evaluate.load(metric_path("valor_captioning"))
+    out = captioning.compute(predictions=["a cat sat"], references=["a cat sat on the mat"], metrics=["BLEU"])
+    assert captioning.name == "valor_captioning" and out["BLEU-1"] == pytest.approx(math.exp(-1), abs=1e-6)
+    assert evaluate.load(metric_path("valor_retrieval")).name == "valor_retrieval"
+    with pytest.raises(ValueError, match="Unknown metric"):
+        metric_path("bleu")

@@ -334,3 +334,49 @@ def test_text_tower_hidden_states():
     inputs = tester.prepare_inputs()
     out = model.text_model(inputs["input_ids"], inputs["attention_mask"], output_hidden_states=True)
     assert len(out.hidden_states) == tiny_text_config()["num_hidden_layers"] + 1
+
+
+# ------------------------------------------------------------------------------- attentions, hidden states, tuples
+def _eager(model):
+    model.set_attn_implementation("eager")
+    return model
+
+
+def test_model_and_retrieval_return_every_towers_attentions_and_hidden_states():
+    tester = ValorModelTester()
+    inputs = tester.prepare_inputs()
+    flags = {"output_attentions": True, "output_hidden_states": True}
+    out = _eager(tester.create_model(ValorModel))(**inputs, **flags)
+    retrieval = _eager(tester.create_model(ValorForRetrieval))(**inputs, group="tva", **flags)
+    layers = tiny_text_config()["num_hidden_layers"]
+    for output in (out, retrieval):
+        text, video, audio = output.text_model_output, output.video_model_output, output.audio_model_output
+        assert len(text.attentions) == layers and text.attentions[0].shape == (3, 4, 7, 7)
+        assert len(text.hidden_states) == layers + 1
+        assert video.attentions and video.attentions[0].dim() == 5  # (batch, windows, heads, tokens, tokens)
+        assert audio.attentions[0].shape[:2] == (3, 2) and audio.hidden_states[0].shape[:2] == (3, 2)
+    torch.testing.assert_close(retrieval.text_embeds, out.text_embeds)
+    plain = tester.create_model(ValorModel)(**inputs)
+    assert plain.text_model_output.attentions is None and plain.video_model_output.hidden_states is None
+
+
+def test_return_dict_false_gives_nested_tuples_everywhere():
+    tester = ValorModelTester()
+    model = tester.create_model(ValorModel)
+    inputs = tester.prepare_inputs()
+    text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+    as_tuple = model.get_text_features(inputs["input_ids"], inputs["attention_mask"], return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], text.last_hidden_state)
+    assert torch.equal(as_tuple[1], text.pooler_output)
+    assert isinstance(model.get_video_features(inputs["pixel_values_videos"], return_dict=False), tuple)
+    assert isinstance(model.get_audio_features(inputs["input_features"], return_dict=False), tuple)
+    retrieval = tester.create_model(ValorForRetrieval)(**inputs, group="tv", return_dict=False)
+    assert isinstance(retrieval, tuple) and all(not hasattr(item, "keys") for item in retrieval)
+
+
+def test_attention_weights_under_sdpa_are_refused_by_name():
+    tester = ValorModelTester()
+    model = tester.create_model(ValorModel)
+    model.set_attn_implementation("sdpa")
+    with pytest.raises(ValueError, match="eager"):
+        model(**tester.prepare_inputs(), output_attentions=True)

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import try_to_load_from_cache
@@ -289,6 +290,24 @@ def test_captioning_silent_video_under_both_warns(captioner, assets):
     assert len(captioner(assets["silent"], modalities="video", max_new_tokens=3, num_beams=1)) == 1
 
 
+def test_decoded_arrays_tensors_and_dicts_are_inputs(captioner, answerer, assets):
+    video = assets["videos"][1]
+    frames = np.random.RandomState(0).randint(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    expected = direct_generate(
+        assets["model"], assets["processor"], [frames], modalities="video", max_new_tokens=4
+    )
+    out = captioner(frames, modalities="video", max_new_tokens=4)
+    assert out == [{"generated_text": expected[0]}]
+    assert captioner(torch.from_numpy(frames), modalities="video", max_new_tokens=4) == out
+    assert captioner({"video": frames}, modalities="video", max_new_tokens=4) == out
+    from_path = captioner(video, max_new_tokens=4)
+    assert captioner({"video": video, "audio": video}, max_new_tokens=4) == from_path
+    answer = answerer({"video": frames, "question": "what is"}, modalities="video", max_new_tokens=3)
+    assert answer == answerer(frames, "what is", modalities="video", max_new_tokens=3)
+    with pytest.raises(ValueError, match="needs audio"):
+        captioner({"video": frames}, max_new_tokens=3)
+
+
 # ------------------------------------------------------------------------------------------ question answering
 def test_question_answering_matches_greedy_generate(answerer, assets):
     video, question = assets["videos"][0], "what is the dog playing"
@@ -331,6 +350,33 @@ def test_question_answering_composes_the_task_prompt(answerer, assets, monkeypat
     with torch.no_grad():
         ids = assets["model"].generate(**inputs, prompt_ids=composed, max_new_tokens=5, num_beams=1)
     assert out == [{"answer": assets["processor"].batch_decode(ids)[0]}]
+
+
+def test_question_answering_top_k_is_the_number_of_answers_with_scores(answerer, assets):
+    video, question = assets["videos"][0], "what is the dog playing"
+    best = answerer(video, question, top_k=1, max_new_tokens=4)
+    assert [set(a) for a in best] == [{"score", "answer"}]
+    assert best[0]["answer"] == answerer(video, question, max_new_tokens=4)[0]["answer"]  # the greedy answer
+    three = answerer(video, question, top_k=3, max_new_tokens=4)
+    assert len(three) == 3 and [a["score"] for a in three] == sorted(
+        (a["score"] for a in three), reverse=True
+    )
+    inputs = assets["processor"](videos=[video], prompts=[question])
+    inputs["question_ids"] = inputs.pop("prompt_ids")
+    inputs["question_attention_mask"] = inputs.pop("prompt_attention_mask")
+    with torch.no_grad():
+        beams = assets["model"].generate(
+            **inputs, num_beams=3, num_return_sequences=3, max_new_tokens=4, return_dict_in_generate=True
+        )
+    expected = sorted(
+        zip(beams.sequences_scores.exp().tolist(), assets["processor"].batch_decode(beams.sequences)),
+        reverse=True,
+    )
+    assert [a["answer"] for a in three] == [text for _, text in expected]
+    assert [a["score"] for a in three] == pytest.approx([score for score, _ in expected])
+    assert all(0.0 < a["score"] <= 1.0 for a in three + best)
+    with pytest.raises(ValueError, match="beam search of `top_k` beams"):
+        answerer(video, question, top_k=3, num_beams=2)
 
 
 @pytest.mark.parametrize("batch_size", [1, 2])

@@ -39,6 +39,15 @@ def test_loss_is_weighted_sum_of_group_means():
     torch.testing.assert_close(out.loss, 1.5 * mga + mgc)
 
 
+def test_labels_equal_to_the_caption_are_refused():
+    tester = ValorPreTrainingTester()
+    model = tester.create_model()
+    inputs = tester.prepare_inputs(model)
+    inputs["labels"] = inputs["input_ids"]
+    with pytest.raises(ValueError, match="mask_captions"):
+        model(**inputs)
+
+
 def test_pretraining_lowers_every_component():
     tester = ValorPreTrainingTester()
     model = tester.create_model()
@@ -202,3 +211,20 @@ def test_valor_l_pretraining_uses_the_retrieval_and_captioning_prompts():
     ).last_hidden_state
     expected = CaptionLoss("unimlm")(model.cls(hidden), inputs["labels"])
     torch.testing.assert_close(out.group_losses["mgc_tv"], expected)
+
+
+def test_attentions_and_hidden_states_of_every_pass():
+    tester = ValorPreTrainingTester()
+    model = tester.create_model()
+    model.set_attn_implementation("eager")
+    inputs = tester.prepare_inputs(model)
+    out = model(**inputs, output_attentions=True, output_hidden_states=True)
+    assert set(out.decoder_outputs) == {"mgc_tva", "mgc_tv", "mgc_ta"}
+    assert out.decoder_outputs["mgc_tv"].cross_attentions[0].shape == (3, 4, 7, 4 * 16)
+    assert out.decoder_outputs["mgc_tva"].cross_attentions[0].shape == (3, 4, 7, 4 * 16 + 2 * 9)
+    assert out.text_model_output.attentions[0].shape == (3, 4, 7, 7)
+    assert out.video_model_output.hidden_states and out.audio_model_output.attentions
+    plain = model(**inputs)
+    torch.testing.assert_close(plain.loss, out.loss)
+    assert plain.decoder_outputs is None and plain.video_model_output.attentions is None
+    assert isinstance(model(**inputs, return_dict=False), tuple)

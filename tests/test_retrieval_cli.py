@@ -1,9 +1,10 @@
 """Tests of `retrieval.cli` (`examples/encode_videos.py`): a folder of videos into a saved, indexed gallery with a
-failures file; a second run resumes; a multi-process launch is refused."""
+failures file; a second run resumes; 2 processes encode what one process does."""
 
 import json
 
 import pytest
+import torch
 
 from helpers import GalleryTester, tiny_processor
 from media import write_video
@@ -70,6 +71,29 @@ def test_video_only_gallery_and_multi_process_refusal(model_dir, videos, tmp_pat
     assert (
         gallery.modalities == ("video",) and sorted(gallery.indexes) == ["tv"] and gallery.dtype == "float16"
     )
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(NotImplementedError, match="#12"):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # launched as 2 processes, but this process is alone
+    with pytest.raises(RuntimeError, match="2 processes were launched"):
         run(model_dir, videos, tmp_path / "w")
+
+
+def test_two_processes_encode_the_gallery_one_process_encodes(ddp_runs, tmp_path):
+    """tests/distributed_training_worker.py step 3c: each of 2 processes encoded every second item of the list (4
+    test clips and a damaged file) into its own shards; rank 0 committed them and built the indexes."""
+    arguments = json.loads((ddp_runs / "encode_args.json").read_text())
+    two = VideoGallery.load(ddp_runs / "gallery")
+    ranks = {p.name.split("-")[1] for p in (ddp_runs / "gallery" / "shards").glob("*.safetensors")}
+    assert ranks == {"r00000", "r00001"}
+    argv = [f"--{key}={value}" for key, value in {**arguments, "output": tmp_path / "one"}.items()]
+    one = encode_videos_main([*argv, "--no_progress"])
+    assert sorted(two.ids) == sorted(one.ids) and len(one) == 4
+    order = [two.ids.index(i) for i in one.ids]
+    for modality in ("video", "audio"):
+        ours, theirs = two.features(modality, order), one.features(modality, list(range(len(one))))
+        for field in ("embeds", "mask", "weight_logits", "pooler_output"):
+            torch.testing.assert_close(getattr(ours, field), getattr(theirs, field), msg=field)
+    assert sorted(two.indexes) == sorted(one.indexes) == ["ta", "tv", "tva"]
+    assert all(two.indexes[g].num_items == 4 for g in two.indexes)
+    (failure,) = [
+        json.loads(line) for line in (ddp_runs / "gallery" / "failures.jsonl").read_text().splitlines()
+    ]
+    assert failure["path"].endswith("broken.mp4") and failure["error"]

@@ -49,6 +49,10 @@ def test_save_load_round_trip_is_bitwise(model, media, tmp_path):
     picked = loaded.features("audio", rows)
     assert torch.equal(picked.embeds, media["audio"].embeds[rows])
     assert torch.equal(picked.mask, media["audio"].mask[rows])
+    fine = loaded.features("video", rows, fields=("embeds", "mask", "weight_logits"))
+    assert fine.pooler_output is None and torch.equal(fine.weight_logits, media["video"].weight_logits[rows])
+    with pytest.raises(ValueError, match="Unknown feature fields"):
+        loaded.features("video", rows, fields=("pooled",))
     files = sorted(p.name for p in (tmp_path / "g").rglob("*") if p.is_file())
     assert all(name.endswith((".json", ".safetensors")) for name in files), files  # no pickle anywhere
     manifest = json.loads((tmp_path / "g" / "gallery.json").read_text())

@@ -85,6 +85,18 @@ def test_index_is_saved_loaded_and_extended(model, media, tmp_path, vectors):
     torch.testing.assert_close(stored, candidate_vectors(full, "tva", slice(None), vectors))
 
 
+def test_positions_index_returns_each_item_once_at_its_best_position(model):
+    gallery = TESTER.gallery(model)
+    queries = query_vectors(TESTER.text_features(model))
+    index = gallery.build_index("tva", index_type="flat", vectors="positions")
+    found = index.search(queries, 5)
+    positions = candidate_vectors(gallery, "tva", slice(None), "positions")
+    best = (queries @ positions.T).view(queries.shape[0], len(gallery), -1).amax(-1)  # (queries, items)
+    for row, scores in zip(found, best):
+        assert row.unique().numel() == 5
+        torch.testing.assert_close(scores[row], scores.topk(5).values)
+
+
 def test_index_of_a_larger_gallery_is_refused(model, media, tmp_path):
     TESTER.gallery(model, path=tmp_path / "big").build_index("tv", index_type="flat")
     TESTER.gallery(model, slice(0, 4), tmp_path / "small")

@@ -8,6 +8,8 @@ import tarfile
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from transformers_valor import ValorProcessor
@@ -172,3 +174,20 @@ def test_damaged_samples_and_a_truncated_shard_are_counted_as_failures(
     lost = sorted(f.path for f in batch["failures"] if "unreadable shard: ReadError" in f.error)
     assert lost == [f"{target / index.shards[1]}##0", f"{target / index.shards[1]}##1"]
     assert len(batch["sample_ids"]) == 5
+
+
+def test_two_processes_stream_and_resume_exactly(ddp_runs):
+    """`examples/pretrain.py` on 2 gloo processes streaming the shards (tests/distributed_training_worker.py step
+    6): the run stopped after 2 steps and resumed from its checkpoint (each process's stream positions saved with
+    it) logs the same losses and ends with the same weights as the uninterrupted run."""
+    streamed, resumed = ddp_runs / "stream", ddp_runs / "stream_resumed"
+    rows = [json.loads(line) for line in (streamed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
+    assert (resumed / "metrics.jsonl").read_text() == (streamed / "metrics.jsonl").read_text()
+    checkpoint = resumed / "checkpoints" / "checkpoint-2"
+    for rank in (0, 1):
+        position = json.loads((checkpoint / f"data_state_{rank}.json").read_text())
+        assert position, rank  # the stream positions the resumed run started from
+    weights = load_file(streamed / "final" / "model.safetensors")
+    again = load_file(resumed / "final" / "model.safetensors")
+    assert weights.keys() == again.keys() and all(torch.equal(weights[k], again[k]) for k in weights)

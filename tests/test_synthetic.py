@@ -299,3 +299,25 @@ def test_mpeg4_fallback_decodes(tmp_path):
     assert _frames(path).shape == (NUM_FRAMES, SIZE, SIZE, 3)
     assert _audio(path).shape[0] >= NUM_SAMPLES
     assert not list(tmp_path.glob(".*"))
+
+
+def test_unimodal_clips_are_balanced_deterministic_and_disjoint_from_the_corpus():
+    from transformers_valor.data.synthetic import _render_row, render_clip_arrays
+
+    fmt = dict(image_size=32, duration=1.0, sample_rate=8000, motion_trail=1)
+    rows, frames, audio = render_clip_arrays(6, seed=4, fps=4, **fmt)
+    assert frames.shape == (6, 4, 32, 32, 3) and frames.dtype == np.uint8
+    assert audio.shape == (6, 8000) and audio.dtype == np.float32
+    again_rows, again_frames, again_audio = render_clip_arrays(6, seed=4, fps=4, **fmt)
+    assert again_rows == rows and np.array_equal(again_frames, frames) and np.array_equal(again_audio, audio)
+    assert len({(r["color"], r["shape"], r["direction"], r["sound"]) for r in rows}) == 6  # balanced draw
+    assert all(row["caption"] in row["captions"] for row in rows)
+    # The corpus clips of the same seed with the same attributes are other renderings (own random stream).
+    row_fmt = {"num_frames": 4, **fmt}
+    for stream in (0, 1):  # train, test
+        for index in range(6):
+            corpus_frames, corpus_audio = _render_row(rows[index], [4, stream, 1, index], row_fmt)
+            assert not np.array_equal(corpus_frames, frames[index])
+            assert not np.allclose(corpus_audio, audio[index])
+    other_seed = render_clip_arrays(6, seed=5, fps=4, **fmt)[1]
+    assert not np.array_equal(other_seed, frames)

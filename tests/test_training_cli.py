@@ -5,6 +5,7 @@ import runpy
 import sys
 
 import pytest
+from huggingface_hub import ModelCard
 
 from training_helpers import REPO, reset_accelerate
 
@@ -26,6 +27,11 @@ def test_scripts_train_evaluate_and_write_results(retrieval_run, tmp_path, monke
     assert json.loads((output_dir / "final" / "config.json").read_text())["architectures"] == [
         "ValorForRetrieval"
     ]
+    card = ModelCard.load(output_dir / "final" / "README.md").data  # the run's datasets and results only
+    assert card.datasets == ["tiny"] and card.license == "apache-2.0"
+    stated = {(r.dataset_name, r.metric_type): r.metric_value for r in card.eval_results}
+    assert stated[("test", "tva/t2va_R@1")] == results["test"]["tva"]["t2va_R@1"]
+    assert len(stated) == sum(len(metrics) for groups in results.values() for metrics in groups.values())
     reset_accelerate()
     run_example(
         monkeypatch,

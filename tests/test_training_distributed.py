@@ -138,3 +138,30 @@ def test_mixed_precision_of_the_config_reaches_fsdp2(ddp_runs):
         "gradient": "torch.float32",
         "loss_finite": True,
     }
+
+
+def test_the_sharded_checkpoint_resumes_exactly(ddp_runs):
+    """`fsdp_resumed` stopped after 2 steps (each process wrote its shards of the weights and the optimizer) and
+    was resumed from them: the same losses and final weights, bit for bit, as the uninterrupted FSDP2 run."""
+    checkpoint = ddp_runs / "fsdp_resumed" / "checkpoints" / "checkpoint-2"
+    shards = sorted(
+        p.name for p in checkpoint.iterdir() if p.name.startswith(("model_shard", "optimizer_shard"))
+    )
+    assert shards == [
+        "model_shard_0.safetensors",
+        "model_shard_1.safetensors",
+        "optimizer_shard_0.json",
+        "optimizer_shard_0.safetensors",
+        "optimizer_shard_1.json",
+        "optimizer_shard_1.safetensors",
+    ]
+    # Each process holds half of a sharded weight: the shards are not whole copies.
+    halves = [load_file(checkpoint / f"model_shard_{rank}.safetensors") for rank in (0, 1)]
+    whole = load_file(ddp_runs / "fsdp" / "final" / "model.safetensors")
+    embedding = "model.valor.text_model.embeddings.word_embeddings.weight"
+    assert halves[0][embedding].shape[0] + halves[1][embedding].shape[0] == whole[embedding[6:]].shape[0]
+    assert read_metrics(ddp_runs / "fsdp_resumed") == read_metrics(ddp_runs / "fsdp")
+    resumed = load_file(ddp_runs / "fsdp_resumed" / "final" / "model.safetensors")
+    assert resumed.keys() == whole.keys()
+    for name, value in resumed.items():
+        assert torch.equal(value, whole[name]), name

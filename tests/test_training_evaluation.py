@@ -348,3 +348,48 @@ def test_caption_and_qa_evaluation_decode_with_the_task_prompts(
     )
     ids = captioner.generate(**inputs, prompt_ids=composed, modalities="video", num_beams=1, max_new_tokens=3)
     assert list(answers.values()) == processor.batch_decode(ids, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("task", ["retrieval", "captioning"])
+def test_two_process_evaluation_equals_one_process(ddp_runs, task, tmp_path):
+    """`finetune_<task>.py` on 2 gloo processes evaluated its final model with each process on half of the test
+    set (`training.corpus_split`), gathered for scoring: the same metrics (and captions) as this one process."""
+    from transformers_valor.training.cli import evaluate_saved_model
+    from transformers_valor.training.config import load_config
+
+    config = load_config(ddp_runs / f"{task}.yaml", [f"task={task}"])
+    metrics = evaluate_saved_model(config, ddp_runs / task / "final", tmp_path)
+    assert metrics == json.loads((ddp_runs / task / "eval_results.json").read_text())
+    groups = ["tva", "tv"] if task == "retrieval" else ["tv"]
+    assert list(metrics["test"]) == groups
+    if task == "captioning":
+        assert (tmp_path / "predictions.json").read_text() == (
+            ddp_runs / task / "predictions.json"
+        ).read_text()
+
+
+def test_evaluation_loops_show_progress_unless_transformers_disables_it(
+    tiny_corpus, processor, retriever, cache_dir, capsys
+):
+    from transformers.utils import logging as hf_logging
+
+    eval_set = decode_evaluation_set(tiny_test_split(tiny_corpus), processor, cache_dir)
+    capsys.readouterr()
+    encode_media(retriever.valor, eval_set, batch_size=2)
+    encode_texts(retriever.valor, processor, ["a red circle", "a blue square"], batch_size=1)
+    decode_evaluation_set(tiny_test_split(tiny_corpus, name="fresh"), processor, cache_dir)
+    shown = capsys.readouterr().err
+    assert (
+        "decoding fresh" in shown
+        and "encoding test media" in shown
+        and "2/2" in shown
+        and "encoding texts" in shown
+    )
+    hf_logging.disable_progress_bar()
+    try:
+        encode_media(retriever.valor, eval_set, batch_size=2)
+        decode_evaluation_set(tiny_test_split(tiny_corpus, name="again"), processor, cache_dir)
+        hidden = capsys.readouterr().err  # (the `datasets` library's own "Map" bar has its own switch)
+        assert "encoding" not in hidden and "decoding" not in hidden
+    finally:
+        hf_logging.enable_progress_bar()

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from training_helpers import first_and_last, losses_by_step, read_metrics, reset_accelerate, tiny_run
+from training_helpers import (
+    first_and_last,
+    losses_by_step,
+    no_dropout_model_config,
+    read_metrics,
+    reset_accelerate,
+    tiny_run,
+)
 from transformers_valor import ValorForPreTraining
 from transformers_valor.data.datasets import load_mixture
 from transformers_valor.training import (
@@ -119,3 +126,36 @@ def test_two_process_ddp_on_cpu(ddp_runs):
     assert [p.name for p in list_checkpoints(ddp_runs / "pretrain")] == ["checkpoint-2", "checkpoint-3"]
     assert (ddp_runs / "pretrain" / "checkpoints" / "checkpoint-3" / "rng_state_1.safetensors").is_file()
     assert ValorForPreTraining.from_pretrained(ddp_runs / "pretrain" / "final") is not None
+
+
+def test_torch_compile_trains_the_compiled_parts_with_eager_losses(
+    tiny_corpus, tiny_processor_dir, tmp_path, monkeypatch
+):
+    """`training.torch_compile: true` compiles the towers, decoder and MLM head before the first step (here
+    through AOT autograd without inductor, to keep the test fast; inductor's numerics are covered by
+    tests/test_compilation.py), and trains with the eager run's losses."""
+    import transformers_valor.training.loop as loop_module
+    from transformers_valor.compilation import compile_valor, compiled_parts, is_compiled
+
+    compiled = []
+
+    def compile_without_inductor(model, **kwargs):
+        compiled.append(model)
+        return compile_valor(model, backend="eager", **kwargs)
+
+    monkeypatch.setattr(loop_module, "compile_valor", compile_without_inductor)
+    losses = {}
+    for flag in (False, True):
+        reset_accelerate()
+        torch._dynamo.reset()
+        values = tiny_run(
+            tiny_corpus,
+            tiny_processor_dir,
+            tmp_path / f"compile_{flag}",
+            model={"processor": str(tiny_processor_dir), "config": no_dropout_model_config()},
+            training={"max_steps": 2, "torch_compile": flag},
+        )
+        losses[flag] = train(config_from_dict(values)).losses
+    torch._dynamo.reset()
+    assert len(compiled) == 1 and all(is_compiled(part) for part in compiled_parts(compiled[0]).values())
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-5)

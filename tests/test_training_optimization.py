@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from training_helpers import tiny_model_config, tiny_run
@@ -58,3 +59,40 @@ def test_scheduler_warms_up_then_decays_linearly():
         optimizer.step()
         scheduler.step()
     assert rates[0] == 0.0 and rates[2] == 1.0 and rates[11] == 0.5
+
+
+def test_tower_learning_rates_apply_under_any_head_and_prefixes_win():
+    from helpers import tiny_valor_config
+    from transformers_valor import ValorForPreTraining, ValorModel
+    from transformers_valor.training.optimization import parameter_learning_rate
+
+    args = OptimizerArguments(
+        learning_rate=1e-3,
+        text_learning_rate=5e-4,
+        vision_learning_rate=1e-4,
+        audio_learning_rate=2e-4,
+        learning_rate_overrides={"valor.vision_model.patch_embed": 3e-5},
+    )
+    tower_rates = {"text_model": 5e-4, "cls": 5e-4, "vision_model": 1e-4, "audio_model": 2e-4}
+    for model in (ValorForPreTraining(tiny_valor_config()), ValorModel(tiny_valor_config())):
+        lr_of = {id(p): g["lr"] for g in build_optimizer(model, args).param_groups for p in g["params"]}
+        for name, param in model.named_parameters():
+            root = name.removeprefix("valor.").split(".")[0]
+            expected = (
+                3e-5 if name.startswith("valor.vision_model.patch_embed") else tower_rates.get(root, 1e-3)
+            )
+            assert lr_of[id(param)] == expected == parameter_learning_rate(name, args), name
+    assert (
+        parameter_learning_rate("valor.video_projection.weight", args) == 1e-3
+    )  # new in VALOR: the base rate
+
+
+def test_tower_learning_rates_are_typed_yaml_fields(tiny_processor_dir):
+    values = tiny_run(Path("."), tiny_processor_dir, Path("."), optimizer={"vision_learning_rate": 1e-4})
+    assert config_from_dict(values).optimizer.vision_learning_rate == 1e-4
+    values["optimizer"]["audio_learning_rate"] = "fast"
+    with pytest.raises(ValueError, match="optimizer.audio_learning_rate"):
+        config_from_dict(values)
+    values["optimizer"]["audio_learning_rate"] = 0.0
+    with pytest.raises(ValueError, match="optimizer.audio_learning_rate"):
+        config_from_dict(values)

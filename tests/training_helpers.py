@@ -12,6 +12,18 @@ from transformers_valor import ValorConfig, ValorForConditionalGeneration, Valor
 from transformers_valor.training import sync_text_config_with_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
+# `examples/caption_videos.py` options of the 2-process run (tests/conftest.py `ddp_runs`) and of the one-process
+# run it is compared with (tests/test_inference_cli.py).
+CAPTION_VIDEOS_SETTINGS = {
+    "group": "tva",
+    "batch_size": 2,
+    "num_workers": 0,
+    "shard_size": 1,
+    "num_beams": 2,
+    "max_new_tokens": 4,
+}
+# examples/encode_videos.py settings of the 2-process check and its one-process comparison.
+ENCODE_VIDEOS_SETTINGS = {"group": "tva", "batch_size": 2, "num_workers": 0, "shard_size": 2, "index": "flat"}
 
 
 def tiny_model_config() -> dict:

@@ -13,6 +13,7 @@ from transformers import (
 )
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
+from .compilation import compile_valor
 from .configuration_valor import (
     MODALITY_GROUPS,
     ModalityGroup,
@@ -76,6 +77,7 @@ register_pipelines()
 ValorPreTrainedModel.model_card_writer = staticmethod(create_model_card)
 
 __all__ = [
+    "compile_valor",
     "ValorModel",
     "ValorPreTrainedModel",
     "ValorForRetrieval",

@@ -1,14 +1,17 @@
 """Model cards (README.md with Hub metadata) for VALOR checkpoints.
 
 [`create_model_card`] builds a card with `huggingface_hub`'s `ModelCard`/`ModelCardData`: pipeline tag, library,
-tags, datasets, optional `model-index` evaluation results, a description of the architecture read off the config,
-and a usage snippet. The converter (`transformers_valor.conversion`) writes one next to every converted
-checkpoint.
+tags, license, the datasets the model was trained on and its `model-index` evaluation results (only what the caller
+states: nothing is claimed by default), a description of the architecture read off the config, and a usage snippet.
+`save_pretrained` and `push_to_hub` write one into every saved folder; a training run states its datasets
+(`training.checkpointing.save_final_model`) and its evaluation adds the results ([`add_eval_results`]); the
+converter (`transformers_valor.conversion`) states the published checkpoints' pretraining corpora and MIT license.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,7 +20,17 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .configuration_valor import ValorConfig
 
 DEFAULT_TAGS = ("valor", "video-text", "audio", "audio-visual", "video-captioning", "video-retrieval")
+# VALOR-B's pretraining corpora (the paper's recipe), stated by the converter for the published VALOR-B weights.
 PRETRAINING_DATASETS = ("VALOR-1M", "WebVid-2.5M", "CC3M")
+# This project's license (pyproject.toml); the original VALOR code and weights are MIT-licensed.
+PROJECT_LICENSE = "apache-2.0"
+ORIGINAL_LICENSE = "mit"
+# Hub task type of each evaluated task (`model-index` results).
+EVAL_TASK_TYPES = {
+    "retrieval": "text-to-video-retrieval",
+    "captioning": "video-captioning",
+    "qa": "video-question-answering",
+}
 PAPER_URL = "https://arxiv.org/abs/2304.08345"
 # Hub pipeline tag per saved head. The Hub has no retrieval task tag; the base model and the retrieval head are
 # feature extractors (they return normalised embeddings and scores).
@@ -127,7 +140,7 @@ def create_model_card(
     eval_results: Sequence[EvalResult | Mapping[str, Any]] | None = None,
     base_model: str | Sequence[str] | None = None,
     tags: Sequence[str] | None = None,
-    license: str = "mit",
+    license: str = PROJECT_LICENSE,
     language: str = "en",
     description: str | None = None,
     overwrite: bool = True,
@@ -143,13 +156,13 @@ def create_model_card(
         pipeline_tag (`str`, *optional*): Hub pipeline tag; by default chosen from the model class
             (`video-text-to-text` for captioning and pretraining checkpoints, `feature-extraction` for
             retrieval ones).
-        datasets (`list[str]`, *optional*): training data; defaults to VALOR's pretraining corpora.
+        datasets (`list[str]`, *optional*): the datasets the model was trained on; none are stated by default.
         eval_results (`list`, *optional*): evaluation results for the `model-index`, each a `huggingface_hub`
             `EvalResult` or a dict with `task`, `dataset`, `metric`, `value` (and optional `dataset_name`,
             `split`, `metric_name`, `task_name`).
         base_model (`str` or `list[str]`, *optional*): checkpoint(s) the model was initialised or fine-tuned from.
         tags (`list[str]`, *optional*): extra tags added to the defaults (`valor`, `video-text`, `audio`, ...).
-        license (`str`, defaults to `"mit"`): the license of the original VALOR weights.
+        license (`str`, defaults to `"apache-2.0"`): the project's license (converted original weights: `"mit"`).
         language (`str`, defaults to `"en"`).
         description (`str`, *optional*): extra Markdown inserted after the summary (e.g. the conversion report).
         overwrite (`bool`, defaults to `True`): replace an existing `README.md` in `output_dir`.
@@ -170,19 +183,76 @@ def create_model_card(
         library_name="transformers",
         pipeline_tag=pipeline_tag or PIPELINE_TAGS.get(head, "video-text-to-text"),
         tags=list(dict.fromkeys([*DEFAULT_TAGS, *(tags or ())])),
-        datasets=list(datasets) if datasets is not None else list(PRETRAINING_DATASETS),
+        datasets=list(datasets) if datasets else None,
         base_model=list(base_model) if isinstance(base_model, (list, tuple)) else base_model,
         model_name=model_name,
         eval_results=[_eval_result(entry) for entry in eval_results] if eval_results else None,
     )
-    body = _card_body(config, model_name, str(model_id), description)
+    body = _card_body(config, model_name, str(model_id), description, data)
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     if output_dir is not None:
         path = os.path.join(os.fspath(output_dir), "README.md")
         if overwrite or not os.path.exists(path):
-            os.makedirs(os.fspath(output_dir), exist_ok=True)
-            card.save(path)
+            _save_atomically(card, path)
     return card
+
+
+def _save_atomically(card: ModelCard, path: str) -> None:
+    """Write `card` to `path` through a temporary file in the same folder, renamed over it when complete."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".README.", suffix=".tmp")
+    os.close(handle)
+    try:
+        card.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def eval_results_from_metrics(
+    task: str, metrics: Mapping[str, Mapping[str, Mapping[str, Any]]]
+) -> list[dict]:
+    """
+    `model-index` entries from the metrics of `training.evaluation.evaluate_task` (`metrics[dataset][group]` =
+    `{metric: value}`): one per numeric metric, named `<group>/<metric>` (`tva/t2va_R@1`): the Hub's model-index
+    groups results by task and dataset and keeps one task name per group, so the modality group is in the name.
+    """
+    if task not in EVAL_TASK_TYPES:
+        raise ValueError(f"`task` must be one of {sorted(EVAL_TASK_TYPES)}, got {task!r}.")
+    return [
+        {
+            "task": EVAL_TASK_TYPES[task],
+            "dataset": dataset,
+            "metric": f"{group}/{name}",
+            "value": value,
+        }
+        for dataset, groups in metrics.items()
+        for group, values in groups.items()
+        for name, value in values.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
+
+
+def add_eval_results(
+    model_or_config: Any, folder: str | os.PathLike, task: str, metrics: Mapping
+) -> ModelCard:
+    """
+    Rewrite the card in `folder` with the evaluation `metrics` of `task` (see [`eval_results_from_metrics`]),
+    keeping the datasets, base model, license and extra tags its metadata states.
+    """
+    path = os.path.join(os.fspath(folder), "README.md")
+    previous = ModelCard.load(path).data if os.path.isfile(path) else ModelCardData()
+    return create_model_card(
+        model_or_config,
+        folder,
+        datasets=previous.datasets,
+        base_model=previous.base_model,
+        tags=previous.tags,
+        license=previous.license or PROJECT_LICENSE,
+        eval_results=eval_results_from_metrics(task, metrics),
+    )
 
 
 _CITATION = """```bibtex
@@ -195,8 +265,26 @@ _CITATION = """```bibtex
 ```"""
 
 
-def _card_body(config: ValorConfig, model_name: str, model_id: str, description: str | None) -> str:
-    """The Markdown of a card below its metadata: summary, architecture, usage and citation."""
+def _training_section(data: ModelCardData) -> list[str]:
+    """What the card states about the training data and results: only what its metadata holds."""
+    datasets = ", ".join(f"`{d}`" for d in data.datasets) if data.datasets else "not stated"
+    lines = ["## Training and evaluation", "", f"Training data: {datasets}.", ""]
+    if data.eval_results:
+        lines += ["| task | dataset | metric | value |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"| {r.task_type} | {r.dataset_name} | {r.metric_type} | {r.metric_value:.4g} |"
+            for r in data.eval_results
+        ]
+    else:
+        lines.append("Evaluation results: none recorded for this checkpoint.")
+    return [*lines, ""]
+
+
+def _card_body(
+    config: ValorConfig, model_name: str, model_id: str, description: str | None, data: ModelCardData
+) -> str:
+    """The Markdown of a card below its metadata: summary, architecture, training data and results, usage and
+    citation."""
     sections = [
         f"# {model_name}",
         "",
@@ -214,6 +302,7 @@ def _card_body(config: ValorConfig, model_name: str, model_id: str, description:
     ]
     if description:
         sections += [description.strip(), ""]
+    sections += _training_section(data)
     sections += [
         "## Usage",
         "",

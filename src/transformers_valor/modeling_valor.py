@@ -17,6 +17,7 @@ question`, and conditioned MLM uses its group's prompt; callers pass only the te
 """
 
 import os
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,12 +26,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.generation import GenerationMode
+from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils.hub import hf_api
 
 from .configuration_valor import GroupName, TaskPromptName, ValorConfig, get_modality_group
 from .generation_valor import BEAM_RANKINGS, valor_beam_search, valor_generation_config
@@ -230,6 +233,39 @@ class ValorPreTrainingOutput(ModelOutput):
     to_tuple = _nested_to_tuple
 
 
+@dataclass
+class ValorGenerateOutput(GenerateDecoderOnlyOutput):
+    """
+    `GenerateDecoderOnlyOutput` of [`ValorForConditionalGeneration.generate`] with `return_dict_in_generate=True`,
+    plus the decoder's cross-attentions (`transformers` returns them for encoder-decoder models only).
+
+    Args:
+        cross_attentions (`tuple(tuple(torch.FloatTensor))`, *optional*): with `output_attentions=True`, one tuple
+            per generated token, holding one tensor per layer `(batch * beams, heads, queries, modality_tokens)`
+            over the `[video ; audio]` tokens; the queries are the step's new positions (with `unimlm`, the
+            transient [MASK] slot is the last one), as `attentions`.
+    """
+
+    cross_attentions: tuple[tuple[torch.FloatTensor, ...], ...] | None = None
+
+
+@dataclass
+class ValorGenerateBeamOutput(GenerateBeamDecoderOnlyOutput):
+    """`GenerateBeamDecoderOnlyOutput` plus the decoder's `cross_attentions` (see [`ValorGenerateOutput`])."""
+
+    cross_attentions: tuple[tuple[torch.FloatTensor, ...], ...] | None = None
+
+
+def with_cross_attentions(output: ModelOutput, recorded: list) -> ModelOutput:
+    """`generate`'s dict output with the cross-attentions recorded at each step (as many as `attentions`: steps
+    that `generate` undid are dropped)."""
+    steps = len(output.attentions) if output.attentions is not None else len(recorded)
+    kind = (
+        ValorGenerateBeamOutput if isinstance(output, GenerateBeamDecoderOnlyOutput) else ValorGenerateOutput
+    )
+    return kind(**output, cross_attentions=tuple(recorded[:steps]))
+
+
 def concat_features(*features: ValorFeatures) -> ValorFeatures:
     """Concatenate features of several modalities along the position axis (VALOR's grouped sequences)."""
     if len(features) == 1:
@@ -283,7 +319,10 @@ def check_caption_labels(labels: torch.LongTensor, objective: str, name: str = "
     Raises:
         ValueError: with `objective="unimlm"`, some row of `labels` marks position 0.
     """
-    if objective != "unimlm" or labels.numel() == 0 or not bool((labels[:, 0] != -100).any()):
+    # Reading the labels' values is a graph break under torch.compile: compiled code skips the check.
+    if objective != "unimlm" or labels.numel() == 0 or torch.compiler.is_compiling():
+        return
+    if not bool((labels[:, 0] != -100).any()):
         return
     raise ValueError(
         f"`{name}` mark the first position ([CLS]) for training, but with caption_objective='unimlm' labels are the "
@@ -293,6 +332,28 @@ def check_caption_labels(labels: torch.LongTensor, objective: str, name: str = "
         "CaptionMaskingConfig.from_model_config(model.config.text_config))`, or use a model with "
         "caption_objective='lm', which takes `labels=input_ids` and shifts them inside (as BLIP)."
     )
+
+
+def strip_trailing_sep(
+    input_ids: torch.LongTensor, attention_mask: torch.Tensor, sep_token_id: int, pad_token_id: int
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """
+    A caption prefix from the processor (`[CLS] w1 .. wk [SEP] [PAD]..`) without its trailing [SEP], as
+    `BlipForConditionalGeneration.generate` strips it: decoding continues the caption instead of starting after its
+    end. The [SEP] of a row becomes padding (masked out); columns that are padding in every row are dropped. Rows
+    holding [CLS] alone are kept as they are.
+    """
+    lengths = attention_mask.long().sum(1)  # (B,), the processor pads on the right
+    last = (lengths - 1).clamp(min=0)
+    ends_with_sep = (input_ids.gather(1, last[:, None]).squeeze(1) == sep_token_id) & (lengths > 1)
+    if not bool(ends_with_sep.any()):
+        return input_ids, attention_mask
+    rows = ends_with_sep.nonzero().squeeze(1)
+    input_ids, attention_mask = input_ids.clone(), attention_mask.clone()
+    input_ids[rows, last[rows]] = pad_token_id
+    attention_mask[rows, last[rows]] = 0
+    keep = int(attention_mask.long().sum(1).max())
+    return input_ids[:, :keep], attention_mask[:, :keep]
 
 
 def compose_question_prompt(
@@ -361,12 +422,78 @@ class ValorPreTrainedModel(PreTrainedModel):
     # Set by the package (`transformers_valor.modelcard.create_model_card`): writes README.md into a saved folder.
     model_card_writer: Callable | None = None
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
         """
         Save as `PreTrainedModel.save_pretrained` does, plus a README.md model card when the folder has none. A
         class that does not generate (pretraining, retrieval) also writes VALOR's generation config when the folder
-        has none, so that the captioner loaded from the folder decodes as the reference does.
+        has none, so that the captioner loaded from the folder decodes as the reference does. With `push_to_hub`
+        (and `repo_id`, `commit_message`, `create_pr`, `private`, `token`) the folder, VALOR's card included, is
+        uploaded afterwards (transformers would upload its generic placeholder card instead).
         """
+        hub = {
+            name: kwargs.pop(name)
+            for name in ("repo_id", "commit_message", "create_pr", "private")
+            if name in kwargs
+        }
+        if push_to_hub and kwargs.get("is_main_process", True):
+            repo_id = hub.get("repo_id", os.path.basename(os.path.normpath(os.fspath(save_directory))))
+            repo_id = (
+                hf_api()
+                .create_repo(repo_id, exist_ok=True, private=hub.get("private"), token=kwargs.get("token"))
+                .repo_id
+            )
+            timestamps = self._get_files_timestamps(save_directory) if os.path.isdir(save_directory) else {}
+        self._save_with_card(save_directory, *args, **kwargs)
+        if push_to_hub and kwargs.get("is_main_process", True):
+            self._upload_modified_files(
+                save_directory,
+                repo_id,
+                timestamps,
+                commit_message=hub.get("commit_message"),
+                token=kwargs.get("token"),
+                create_pr=hub.get("create_pr", False),
+            )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: list[str] | None = None,
+    ) -> str:
+        """
+        `PushToHubMixin.push_to_hub` (same arguments), uploading VALOR's model card (with `tags` and the model's
+        `model_tags` added, the usage snippet naming `repo_id`) where transformers uploads the Hub repo's card or
+        its generic placeholder.
+        """
+        repo_id = hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        tags = list(
+            dict.fromkeys([*(self.model_tags or []), *([tags] if isinstance(tags, str) else tags or [])])
+        )
+        with tempfile.TemporaryDirectory() as folder:
+            writer = type(self).model_card_writer
+            if writer is not None:
+                writer(self, folder, model_id=repo_id, tags=tags)
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            return self._upload_modified_files(
+                folder,
+                repo_id,
+                files_timestamps={},
+                commit_message=commit_message,
+                token=token,
+                create_pr=create_pr,
+                revision=revision,
+                commit_description=commit_description,
+            )
+
+    def _save_with_card(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, then VALOR's generation config and model card where missing."""
         super().save_pretrained(save_directory, *args, **kwargs)
         if (
             not self.can_generate()
@@ -593,11 +720,17 @@ class ValorModel(ValorPreTrainedModel):
 
     @staticmethod
     def _with_tower_output(features: ValorFeatures, tower: ModelOutput) -> ValorFeatures:
-        """`features` with the tower's tokens, hidden states and attentions."""
-        features.last_hidden_state = tower.last_hidden_state
-        features.hidden_states = tower.hidden_states
-        features.attentions = tower.attentions
-        return features
+        """`features` with the tower's tokens, hidden states and attentions, built anew so that the tuple order
+        is the fields' (`last_hidden_state`, `pooler_output`, ... as `BaseModelOutputWithPooling`)."""
+        return ValorFeatures(
+            last_hidden_state=tower.last_hidden_state,
+            pooler_output=features.pooler_output,
+            hidden_states=tower.hidden_states,
+            attentions=tower.attentions,
+            embeds=features.embeds,
+            mask=features.mask,
+            weight_logits=features.weight_logits,
+        )
 
     # ------------------------------------------------------------------------------------------------ prompts
     def task_prompt_inputs(
@@ -1283,7 +1416,9 @@ class ValorForConditionalGeneration(ValorWithMLMHeadPreTrainedModel, GenerationM
         `beam_ranking="transformers"` runs `transformers`' own beam search (with its `length_penalty`).
 
         Args:
-            input_ids (`torch.LongTensor`, *optional*): a caption prefix starting with [CLS]; default [CLS].
+            input_ids (`torch.LongTensor`, *optional*): a caption prefix starting with [CLS]; default [CLS]. A
+                trailing [SEP] (what the processor's `text=` gives) is stripped, as BLIP does
+                ([`strip_trailing_sep`]), so that decoding continues the prefix; the mask defaults to `!= pad`.
             prompt_ids / prompt_attention_mask (*optional*): a composed decoder prompt; the mask defaults to
                 `prompt_ids != pad` (the reference's rule).
             question_ids / question_attention_mask (*optional*): a question to answer (see [`question_prompt`];
@@ -1296,9 +1431,20 @@ class ValorForConditionalGeneration(ValorWithMLMHeadPreTrainedModel, GenerationM
                 plus `beam_ranking` (`"valor"` or `"transformers"`).
 
         Returns:
-            `torch.LongTensor` of generated ids, starting with [CLS]; decode with `processor.batch_decode`.
+            `torch.LongTensor` of generated ids, starting with [CLS]; decode with `processor.batch_decode`. With
+            `return_dict_in_generate=True`, `transformers`' output; with `output_attentions=True` too, a
+            [`ValorGenerateOutput`] (or [`ValorGenerateBeamOutput`]) that also holds the decoder's
+            `cross_attentions` per step (eager attention; VALOR's own beam ranking returns sequences and scores
+            only, use `beam_ranking="transformers"`).
         """
         del input_features_mask  # cross-attention has no mask: silent clips are encoded from all-zero input
+        if generate_kwargs.get("cache_implementation") not in (None, "dynamic"):
+            raise NotImplementedError(
+                f"cache_implementation={generate_kwargs['cache_implementation']!r} is not supported: the decoder "
+                "builds its attention masks for the cached length and drops the transient [MASK] slot from the cache "
+                "after every step, which a preallocated (static) cache does not allow. Use the default dynamic cache "
+                "(`compile_valor` compiles the decoder step with it)."
+            )
         if video_states is None and audio_states is None:
             video_states, audio_states = self.encode_modalities(
                 pixel_values_videos, input_features, modalities
@@ -1317,26 +1463,45 @@ class ValorForConditionalGeneration(ValorWithMLMHeadPreTrainedModel, GenerationM
         if input_ids is None:
             input_ids = torch.full((reference.shape[0], 1), text_config.bos_token_id, device=reference.device)
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = (input_ids != text_config.pad_token_id).long()
+        input_ids, attention_mask = strip_trailing_sep(
+            input_ids, attention_mask, text_config.eos_token_id, text_config.pad_token_id
+        )
         if prompt_ids is not None and prompt_attention_mask is None:
             prompt_attention_mask = (prompt_ids != text_config.pad_token_id).long()
         prompts = (prompt_ids, prompt_attention_mask, question_ids, question_attention_mask, use_task_prompt)
         prompt_ids, prompt_attention_mask = self.decoder_prompt(len(reference), reference.device, *prompts)
-        self._select_beam_search(generate_kwargs)
-        return super().generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            video_states=video_states,
-            audio_states=audio_states,
-            prompt_ids=prompt_ids,
-            prompt_attention_mask=prompt_attention_mask,
-            use_task_prompt=False,  # the prompt is resolved above; the steps must not add the default one
-            **generate_kwargs,
-        )
+        resolved = self._select_beam_search(generate_kwargs)
+        recording = bool(resolved.return_dict_in_generate and resolved.output_attentions)
+        self._recorded_cross_attentions = [] if recording else None
+        try:
+            output = super().generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                video_states=video_states,
+                audio_states=audio_states,
+                prompt_ids=prompt_ids,
+                prompt_attention_mask=prompt_attention_mask,
+                use_task_prompt=False,  # the prompt is resolved above; the steps must not add the default one
+                **generate_kwargs,
+            )
+        finally:
+            recorded, self._recorded_cross_attentions = self._recorded_cross_attentions, None
+        return with_cross_attentions(output, recorded) if recording else output
 
-    def _select_beam_search(self, generate_kwargs: dict) -> None:
+    # The decoder's cross-attentions of every step of the running `generate` call (`output_attentions` with
+    # `return_dict_in_generate`): `GenerationMixin` keeps them for encoder-decoder models only.
+    _recorded_cross_attentions: list | None = None
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
+        """`GenerationMixin`'s update, recording the step's cross-attentions when `generate` asks for them."""
+        if self._recorded_cross_attentions is not None:
+            self._recorded_cross_attentions.append(outputs.cross_attentions)
+        return super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+
+    def _select_beam_search(self, generate_kwargs: dict) -> GenerationConfig:
         """Default the special ids, pop `beam_ranking` from `generate_kwargs` and, for a plain beam search ranked
-        VALOR's way, make [`valor_beam_search`] the decoding method."""
+        VALOR's way, make [`valor_beam_search`] the decoding method. Returns the call's generation config."""
         text_config = self.config.text_config
         generate_kwargs.setdefault("eos_token_id", text_config.eos_token_id)
         generate_kwargs.setdefault("pad_token_id", text_config.pad_token_id)
@@ -1356,6 +1521,7 @@ class ValorForConditionalGeneration(ValorWithMLMHeadPreTrainedModel, GenerationM
             == GenerationMode.BEAM_SEARCH
         ):
             generate_kwargs["custom_generate"] = valor_beam_search
+        return resolved
 
 
 class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
@@ -1392,6 +1558,8 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
         mlm_input_ids: torch.LongTensor | None = None,
         mlm_labels: torch.LongTensor | None = None,
         mlm_groups: list[str] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> ValorPreTrainingOutput | tuple:
         r"""
@@ -1408,6 +1576,10 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
             mlm_input_ids / mlm_labels (`torch.LongTensor`, *optional*): the caption masked for conditioned MLM
                 (`data.masking.mask_captions` at `MLM_MASK_PROBABILITY`) and its targets (-100 where unmasked).
                 Without `mlm_labels` no MLM loss is computed.
+            output_attentions / output_hidden_states (`bool`, *optional*): the encoders' attention weights (eager
+                attention) / hidden states in the `*_model_output`s, and the text transformer's output of every MGC
+                and MLM pass (self- and cross-attentions, hidden states) in `decoder_outputs`.
+            return_dict (`bool`, *optional*): `False` returns (nested) tuples.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         output = self.compute_losses(
@@ -1427,6 +1599,8 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
             mlm_input_ids=mlm_input_ids,
             mlm_labels=mlm_labels,
             mlm_groups=mlm_groups,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         return output if return_dict else output.to_tuple()
 
@@ -1449,6 +1623,8 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
         mlm_labels: torch.LongTensor | None = None,
         mlm_groups: list[str] | None = None,
         mlm_loss: CaptionLoss | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> ValorPreTrainingOutput:
         """
         The pretraining losses of one batch with the given loss objects (the inputs are those of `forward`).
@@ -1467,6 +1643,8 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
             labels=labels,
             mlm_labels=mlm_labels,
         )
+        if labels is not None:
+            check_caption_labels(labels, self.config.caption_objective)
         if (mlm_input_ids is None) != (mlm_labels is None):
             raise ValueError("Conditioned MLM needs both `mlm_input_ids` and `mlm_labels`.")
         groups = self._groups_to_train(
@@ -1475,14 +1653,18 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
             {"mga": contrastive_groups, "mgc": caption_groups, "mlm": mlm_groups},
             {"mgc": labels is not None, "mlm": mlm_labels is not None},
         )
-        tokens, features = self._encode_media(pixel_values_videos, input_features, input_features_mask)
+        flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+        self.valor.check_output_attentions(output_attentions)
+        tokens, features = self._encode_media(pixel_values_videos, input_features, input_features_mask, flags)
         logit_scale = self.valor.get_logit_scale()
         group_losses: dict[str, torch.Tensor] = {}
         if groups["mga"]:
-            features["text"] = self.valor.get_text_features(input_ids, attention_mask)
+            features["text"] = self.valor.get_text_features(
+                input_ids, attention_mask, return_dict=True, **flags
+            )
             group_losses.update(mga_loss(self.valor, features, groups["mga"], logit_scale))
         if not (groups["mgc"] or groups["mlm"]):
-            return self._combine(group_losses, logit_scale)
+            return self._combine(group_losses, logit_scale, features)
         states = dict(zip(("video", "audio"), self.valor.decoder_inputs(tokens["video"], tokens["audio"])))
         prompt = (prompt_ids, prompt_attention_mask)
         if groups["mgc"]:
@@ -1491,12 +1673,17 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
             "mgc": (caption_loss, caption_input_ids if caption_input_ids is not None else input_ids, labels),
             "mlm": (mlm_loss or CaptionLoss("unimlm"), mlm_input_ids, mlm_labels),
         }
+        decoder_outputs = {} if output_attentions or output_hidden_states else None
         for kind, (loss, ids, targets) in decoding.items():
             if groups[kind]:
-                group_losses.update(
-                    self._text_losses(kind, loss, groups[kind], states, ids, attention_mask, targets, prompt)
+                passes = self._text_losses(
+                    kind, loss, groups[kind], states, ids, attention_mask, targets, prompt, flags
                 )
-        return self._combine(group_losses, logit_scale)
+                for key, (value, text_output) in passes.items():
+                    group_losses[key] = value
+                    if decoder_outputs is not None:
+                        decoder_outputs[key] = text_output
+        return self._combine(group_losses, logit_scale, features, decoder_outputs)
 
     def _groups_to_train(self, has_video: bool, has_audio: bool, requested: dict, has_targets: dict) -> dict:
         """The MGA, MGC and MLM groups of a batch: the requested ones (checked) or the config's defaults its
@@ -1537,34 +1724,40 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
                 )
         return groups
 
-    def _encode_media(self, pixel_values_videos, input_features, input_features_mask):
-        """Run the video and audio encoders once: decoder-side tokens and MGA features per modality."""
+    def _encode_media(self, pixel_values_videos, input_features, input_features_mask, flags):
+        """Run the video and audio encoders once: decoder-side tokens and MGA features (with the towers' outputs
+        that `flags` ask for) per modality."""
         valor = self.valor
         tokens: dict[str, torch.Tensor | None] = {"video": None, "audio": None}
         features: dict[str, ValorFeatures | None] = {"video": None, "audio": None}
         if pixel_values_videos is not None:
-            tokens["video"], frame_feats = valor.encode_video(pixel_values_videos)
-            features["video"] = valor.video_features_from_frames(frame_feats)
+            tower = valor.video_tower(pixel_values_videos, **flags)
+            tokens["video"] = tower.last_hidden_state
+            features["video"] = valor._with_tower_output(
+                valor.video_features_from_frames(tower.pooler_output), tower
+            )
         if input_features is not None:
             valor._check_audio(input_features, input_features_mask)
-            tokens["audio"], clip_feats = valor.encode_audio(input_features)
-            features["audio"] = valor.audio_features_from_clips(clip_feats, input_features_mask)
+            tower = valor.audio_tower(input_features, **flags)
+            tokens["audio"] = tower.last_hidden_state
+            clips = valor.audio_features_from_clips(tower.pooler_output, input_features_mask)
+            features["audio"] = valor._with_tower_output(clips, tower)
         return tokens, features
 
     def _text_losses(
-        self, kind, loss, groups, states, input_ids, attention_mask, labels, prompt
-    ) -> dict[str, torch.Tensor]:
+        self, kind, loss, groups, states, input_ids, attention_mask, labels, prompt, flags
+    ) -> dict[str, tuple[torch.Tensor, ValorTextModelOutput]]:
         """
-        The loss of every group of `kind`, conditioning the same text on each group's modality tokens: `mgc`
-        decodes causally with `prompt` (`(ids, mask)`, or `(None, None)`), `mlm` runs bidirectionally with the
-        group's MLM prompt. Keys `<kind>_<group>`.
+        The loss and the text transformer's output of every group of `kind`, conditioning the same text on each
+        group's modality tokens: `mgc` decodes causally with `prompt` (`(ids, mask)`, or `(None, None)`), `mlm` runs
+        bidirectionally with the group's MLM prompt. Keys `<kind>_<group>`.
         """
         losses = {}
         for group in groups:
             use = get_modality_group(group, "caption").decoder_modalities
             if kind == "mlm":
                 prompt = self.valor.task_prompt_inputs(f"mlm_{group}", input_ids.shape[0], input_ids.device)
-            hidden = self.valor.text_model(
+            text_output = self.valor.text_model(
                 input_ids,
                 attention_mask=attention_mask,
                 prompt_ids=prompt[0],
@@ -1574,12 +1767,17 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
                 is_decoder=kind == "mgc",
                 use_cache=False,
                 return_dict=True,
-            ).last_hidden_state
-            losses[f"{kind}_{group}"] = loss(self.cls(hidden), labels)
+                **flags,
+            )
+            losses[f"{kind}_{group}"] = (loss(self.cls(text_output.last_hidden_state), labels), text_output)
         return losses
 
     def _combine(
-        self, group_losses: dict[str, torch.Tensor], logit_scale: torch.Tensor
+        self,
+        group_losses: dict[str, torch.Tensor],
+        logit_scale: torch.Tensor,
+        features: dict[str, ValorFeatures | None],
+        decoder_outputs: dict[str, ValorTextModelOutput] | None = None,
     ) -> ValorPreTrainingOutput:
         """`alpha * mean(MGA) + mean(MGC) + mean(MLM)` (the reference's sum) with the per-component losses."""
         means = {}
@@ -1599,4 +1797,8 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
             mlm_loss=means["mlm"],
             group_losses=group_losses,
             logit_scale=logit_scale,
+            text_model_output=features.get("text"),
+            video_model_output=features["video"],
+            audio_model_output=features["audio"],
+            decoder_outputs=decoder_outputs,
         )

@@ -112,7 +112,8 @@ def _mask_for_implementation(mask: torch.Tensor | None, implementation: str, dty
 def check_embedding_range(ids: torch.Tensor, size: int, name: str, what: str, config_key: str) -> None:
     """A `ValueError` naming `name` when `ids` hold a value outside `[0, size)` (which `nn.Embedding` reports as a
     bare index error on the CPU and as a device-side assert on CUDA)."""
-    if ids.numel() == 0:
+    # Reading the values needs them on the host: a graph break under torch.compile, so compiled code skips it.
+    if ids.numel() == 0 or torch.compiler.is_compiling():
         return
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= size:
@@ -156,7 +157,12 @@ class ValorTextEmbeddings(nn.Module):
         batch_size, length = inputs_embeds.shape[:2]
         if position_ids is None:
             position_ids = torch.arange(length, device=inputs_embeds.device)[None]
-        if position_ids.numel() and int(position_ids.max()) >= self.position_embeddings.num_embeddings:
+        too_long = (
+            position_ids.numel()
+            and not torch.compiler.is_compiling()
+            and int(position_ids.max()) >= self.position_embeddings.num_embeddings
+        )
+        if too_long:
             raise ValueError(
                 f"The {'prompt' if is_prompt else 'text'} needs {int(position_ids.max()) + 1} text positions (cached "
                 f"tokens included) but the model has max_position_embeddings = {self.position_embeddings.num_embeddings}."
@@ -305,7 +311,12 @@ class ValorTextLayer(GradientCheckpointingLayer):
         """The cross-attention output and its weights over `[video ; audio]` (`None` under sdpa)."""
         if self.cross_attention_layout == "concat":
             present = [states for states in (video_states, audio_states) if states is not None]
-            key_value_states = present[0] if len(present) == 1 else torch.cat(present, dim=1)  # (B, Nv+Na, H)
+            # A filled cache holds their keys and values: re-concatenating the states at every generation step
+            # would copy all of them once per layer and token.
+            if cache is not None and cache.is_updated.get(self.crossattention.self.cache_index, False):
+                key_value_states = None
+            else:  # (B, Nv+Na, H)
+                key_value_states = present[0] if len(present) == 1 else torch.cat(present, dim=1)
             return self.crossattention(hidden_states, None, key_value_states, cache)
         states_by_module = {"crossattention_video": video_states, "crossattention_audio": audio_states}
         weights = {}
@@ -459,7 +470,7 @@ class ValorTextModel(ValorTextPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         _check_text_inputs(input_ids, inputs_embeds, prompt_ids)
         if output_attentions:
             check_attention_weights_available({"text": self.config})

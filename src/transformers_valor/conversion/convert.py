@@ -39,7 +39,7 @@ from transformers.models.bert.tokenization_bert import load_vocab
 
 from ..configuration_valor import ValorConfig
 from ..feature_extraction_valor import ValorFeatureExtractor
-from ..modelcard import create_model_card
+from ..modelcard import ORIGINAL_LICENSE, PRETRAINING_DATASETS, create_model_card
 from ..modeling_valor import ValorForPreTraining
 from ..processing_valor import ValorProcessor
 from ..video_processing_valor import ValorVideoProcessor
@@ -146,6 +146,9 @@ def _write_card_and_report(
         "description": "## Conversion\n\n"
         f"Converted from the original VALOR checkpoint `{os.path.basename(source)}` ({variant}) with "
         f"`{CLI_NAME}`.\n\n" + report.summary(),
+        "license": ORIGINAL_LICENSE,  # the original weights'
+        # The paper's VALOR-B recipe; VALOR-L's corpora are not stated (pass `datasets` in `model_card_kwargs`).
+        "datasets": list(PRETRAINING_DATASETS) if variant == "valor-b" else None,
         **(model_card_kwargs or {}),
     }
     create_model_card(config, folder, **card_kwargs)

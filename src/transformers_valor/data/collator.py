@@ -30,6 +30,7 @@ import xxhash
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
+from transformers.utils import logging as hf_logging
 
 from .datasets import DatasetConfig, torch_generator
 from .masking import (
@@ -416,11 +417,8 @@ def _decode_rows(rows, config, processor, num_workers: int, store_dtype: torch.d
         # the cache would train differently from the same run loading it.
         generator=torch.Generator(),
     )
-    iterator = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(loader, desc=f"decoding {config.name}", unit="clip")
+    # transformers' tqdm: hidden by `transformers.utils.logging.disable_progress_bar()`.
+    iterator = hf_logging.tqdm(loader, desc=f"decoding {config.name}", unit="clip", disable=not progress)
     count = len(rows["video_path"])
     out: dict[str, torch.Tensor] = {}
     ok = torch.zeros(count, dtype=torch.bool)

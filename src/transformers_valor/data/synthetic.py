@@ -55,6 +55,7 @@ __all__ = [
     "plan_metadata",
     "parse_attributes",
     "render_audio",
+    "render_clip_arrays",
     "render_frames",
     "select_video_codec",
     "write_clip",
@@ -525,9 +526,10 @@ def plan_metadata(split: Literal["train", "test"], count: int, seed: int) -> lis
     return rows
 
 
-def _make_clip(job: tuple[str, dict[str, Any], list[int], dict[str, Any]]) -> str:
-    """Worker: render and encode one clip (module level so a process pool can pickle it)."""
-    path, row, clip_seed, fmt = job
+def _render_row(
+    row: dict[str, Any], clip_seed: list[int], fmt: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The frames and the soundtrack of one metadata row, drawn from the clip's own generator."""
     rng = np.random.default_rng(clip_seed)
     frames = render_frames(
         row["color"],
@@ -539,8 +541,71 @@ def _make_clip(job: tuple[str, dict[str, Any], list[int], dict[str, Any]]) -> st
         fmt["motion_trail"],
     )
     audio = render_audio(row["sound"], row["loudness"], rng, fmt["sample_rate"], fmt["duration"])
+    return frames, audio
+
+
+def _make_clip(job: tuple[str, dict[str, Any], list[int], dict[str, Any]]) -> str:
+    """Worker: render and encode one clip (module level so a process pool can pickle it)."""
+    path, row, clip_seed, fmt = job
+    frames, audio = _render_row(row, clip_seed, fmt)
     write_clip(path, frames, audio, fmt["fps"], fmt["sample_rate"], fmt["video_codec"])
     return path
+
+
+# Random stream of `render_clip_arrays`; `plan_metadata` uses 0 (train) and 1 (test), so for any seed these clips
+# are drawn independently of every corpus clip.
+UNIMODAL_STREAM = 2
+
+
+def render_clip_arrays(
+    count: int,
+    seed: int,
+    *,
+    image_size: int = 64,
+    fps: int = 8,
+    duration: float = 2.0,
+    sample_rate: int = 16000,
+    motion_trail: int = 0,
+) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """Render clips straight to arrays (no .mp4 round trip), for unimodal pretraining.
+
+    The clips come from a random stream of their own (`UNIMODAL_STREAM`): with any seed they are disjoint from
+    the train and test clips `generate_corpus` writes (other positions, speeds, shades, backgrounds, onsets),
+    while the attributes are balanced the same way (every combination once before any twice).
+
+    Args:
+        count: number of clips.
+        seed: seed of everything random.
+        image_size, fps, duration, sample_rate, motion_trail: as in `generate_corpus`.
+
+    Returns:
+        `(rows, frames, audio)`: the attribute rows (keys `id`, `caption`, `captions`, `color`, `shape`,
+        `direction`, `sound`, `loudness`), `uint8` frames `(count, fps * duration, H, W, 3)` and `float32`
+        waveforms `(count, duration * sample_rate)`.
+    """
+    params = _corpus_parameters(count, 0, seed, image_size, fps, duration, sample_rate, motion_trail)
+    fmt = {k: params[k] for k in ("image_size", "duration", "num_frames", "sample_rate")}
+    fmt["motion_trail"] = motion_trail
+    attributes = _assign_attributes(np.random.default_rng([seed, UNIMODAL_STREAM, 0]), count)
+    rows, frames, audio = [], [], []
+    for index, (color, shape, direction, sound) in enumerate(attributes):
+        row_rng = np.random.default_rng([seed, UNIMODAL_STREAM, 2, index])
+        captions = make_captions(color, shape, direction, sound)
+        row = {
+            "id": f"unimodal_{index:05d}",
+            "caption": captions[int(row_rng.integers(len(captions)))],
+            "captions": captions,
+            "color": color,
+            "shape": shape,
+            "direction": direction,
+            "sound": sound,
+            "loudness": LOUDNESS[int(row_rng.integers(len(LOUDNESS)))],
+        }
+        clip_frames, clip_audio = _render_row(row, [seed, UNIMODAL_STREAM, 1, index], fmt)
+        rows.append(row)
+        frames.append(clip_frames)
+        audio.append(clip_audio.astype(np.float32))
+    return rows, np.stack(frames), np.stack(audio)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

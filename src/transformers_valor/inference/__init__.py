@@ -1,7 +1,8 @@
 """Batch inference over media files: listing inputs and splitting them between processes (`dataset`), decoding in
 DataLoader workers with per-item error capture, the loop with a progress bar and resume (`runner`), and sharded,
 atomic, per-rank output (`writer`). The gallery encoder (`retrieval.encode_gallery`) and
-`examples/encode_videos.py` are built on it."""
+`examples/encode_videos.py` are built on it, and so are `shard_media` (items read from WebDataset shards),
+`captioning` (captions to JSONL, resumable, merged across processes) and `cli` (`examples/caption_videos.py`)."""
 
 from .dataset import MEDIA_EXTENSIONS, MediaDataset, MediaItem, collate_media, list_media, shard_items
 from .runner import InferenceSummary, MemoryWriter, run_inference

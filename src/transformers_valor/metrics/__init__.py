@@ -5,7 +5,8 @@ Two ways to use them:
 - plain functions, no `evaluate` needed: [`compute_retrieval_metrics`], [`compute_text_video_retrieval_metrics`],
   [`compute_caption_metrics`], and the reusable CIDEr-D scorer [`CiderD`] for self-critical training;
 - `evaluate` modules that ship inside this package and load without the Hub:
-  `load_metric("valor_captioning")`, `load_metric("valor_retrieval")`.
+  `load_metric("valor_captioning")`, `load_metric("valor_retrieval")`, or
+  `evaluate.load(metric_path("valor_captioning"))` (the module folder inside the package).
 
 The code lives in one module per family, re-exported here:
 
@@ -21,7 +22,7 @@ See `docs/metrics.md`.
 from .captioning import CAPTION_METRICS, compute_caption_metrics, ptb_tokenize
 from .captioning import CaptionMetric as CaptionMetric
 from .cider_d import CiderD
-from .evaluate_modules import load_metric
+from .evaluate_modules import load_metric, metric_path
 from .retrieval import GroundTruth as GroundTruth
 from .retrieval import compute_retrieval_metrics, compute_text_video_retrieval_metrics, retrieval_ranks
 
@@ -32,6 +33,7 @@ __all__ = [
     "compute_retrieval_metrics",
     "compute_text_video_retrieval_metrics",
     "load_metric",
+    "metric_path",
     "ptb_tokenize",
     "retrieval_ranks",
 ]

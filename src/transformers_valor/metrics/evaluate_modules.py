@@ -10,10 +10,19 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import evaluate
 
-__all__ = ["load_metric"]
+__all__ = ["load_metric", "metric_path"]
 
 _METRICS_DIR = Path(__file__).resolve().parent
 _MODULES = ("valor_captioning", "valor_retrieval")
+
+
+def metric_path(name: Literal["valor_captioning", "valor_retrieval"]) -> str:
+    """The folder of one of this package's `evaluate` modules, to pass to `evaluate.load` as any local module:
+    `evaluate.load(metric_path("valor_captioning"))` (a bare name, `evaluate.load("valor_captioning")`, is looked
+    up on the Hugging Face Hub, where these modules are not published)."""
+    if name not in _MODULES:
+        raise ValueError(f"Unknown metric {name!r}: expected one of {', '.join(_MODULES)}.")
+    return str(_METRICS_DIR / name)
 
 
 def load_metric(
@@ -39,8 +48,6 @@ def load_metric(
     >>> bleu_etc.compute(predictions=["a dog runs"], references=[["a dog is running"]], metrics=["BLEU"])
     ```
     """
-    if name not in _MODULES:
-        raise ValueError(f"Unknown metric {name!r}: expected one of {', '.join(_MODULES)}.")
     import evaluate
 
-    return evaluate.load(str(_METRICS_DIR / name / f"{name}.py"), **kwargs)
+    return evaluate.load(metric_path(name), **kwargs)

@@ -12,10 +12,12 @@ from .base import Modalities, ValorGenerationPipeline
 
 class AudioVisualCaptioningPipeline(ValorGenerationPipeline):
     """
-    Captions local video files with [`ValorForConditionalGeneration`] and a [`ValorProcessor`].
+    Captions videos with [`ValorForConditionalGeneration`] and a [`ValorProcessor`].
 
-    Each input is the path of a video file (or a list of paths); each gives `[{"generated_text": str}]` (one
-    dict per returned sequence). When the model's config has `use_task_prompt` (VALOR-L), the model decodes with
+    Each input is the path of a video file, decoded frames `(frames, height, width, 3)` (a numpy array or torch
+    tensor, with `modalities="video"`), a waveform (with `modalities="audio"`), or a dict `{"video": path or
+    frames, "audio": path or waveform, "sampling_rate": int}`; a list of inputs gives one result per input. Each
+    gives `[{"generated_text": str}]` (one dict per returned sequence). When the model's config has `use_task_prompt` (VALOR-L), the model decodes with
     its `captioning` task prompt. Decoding defaults to VALOR's: beam search of 3 ranked by the summed
     log-probability (`beam_ranking="valor"`, `length_penalty=0.0`) and at most 30 new tokens, unless the model's
     generation config or the caller sets them.
@@ -47,10 +49,10 @@ class AudioVisualCaptioningPipeline(ValorGenerationPipeline):
 
     def __call__(self, inputs, **kwargs) -> list[dict[str, str]] | list[list[dict[str, str]]]:
         """
-        Caption one video (a path) or several (a list of paths).
+        Caption one input (a path, an array or a media dict: see the class docstring) or a list of them.
 
         Returns:
-            For one path, `[{"generated_text": str}, ...]`; for a list, one such list per path.
+            For one input, `[{"generated_text": str}, ...]`; for a list, one such list per input.
 
         Raises:
             FileNotFoundError: a path is not an existing file (the message names it).
@@ -92,7 +94,7 @@ class AudioVisualCaptioningPipeline(ValorGenerationPipeline):
         prompt: str | None = None,
         processor_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Decode and process one video file (and tokenise `prompt`; the model adds its own task prompt)."""
+        """Decode and process one input's media (and tokenise `prompt`; the model adds its own task prompt)."""
         return self._encode_media(inputs, modalities, num_frames, num_clips, processor_kwargs, prompt)
 
     def postprocess(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from transformers import GenerationConfig
 
-from .base import Modalities, ValorGenerationPipeline
+from .base import Modalities, ValorGenerationPipeline, check_positive_int
 
 
 class AudioVisualQuestionAnsweringPipeline(ValorGenerationPipeline):
@@ -17,13 +16,21 @@ class AudioVisualQuestionAnsweringPipeline(ValorGenerationPipeline):
     (VALOR-L) `[CLS] answer the question` + the question), and the answer is decoded greedily, as VALOR does for
     QA, unless `num_beams` / `do_sample` / `generation_config` are given.
 
-    Inputs: `pipe(video, question)`, `pipe({"video": path, "question": str})` or a list of such dicts. A list of
-    videos with one question asks it of each video; one video with a list of questions asks each; two lists of
-    the same length are paired element-wise. Each pair gives `[{"answer": str}]`.
+    Inputs: `pipe(video, question)`, `pipe({"video": ..., "question": str})` or a list of such dicts, where a
+    video is a path, decoded frames (`modalities="video"`), or a dict `{"video": ..., "audio": ...,
+    "sampling_rate": ...}` (also as the keys of the question's dict) as in [`AudioVisualCaptioningPipeline`].
+    A list of videos with one question asks it of each video; one video with a list of questions asks each; two lists of
+    the same length are paired element-wise. Each pair gives `[{"answer": str}]`, or with `top_k` the `top_k`
+    best answers `[{"score": float, "answer": str}, ...]`, best first (as transformers' visual-question-answering
+    pipeline).
 
     Call arguments (also accepted when the pipeline is built): `modalities` (`"video"`, `"audio"` or
     `"both"`, the default), `num_frames`, `num_clips`, `processor_kwargs`, `generate_kwargs` and any generation
-    parameter (`max_new_tokens` defaults to 30), `skip_special_tokens`, as in [`AudioVisualCaptioningPipeline`].
+    parameter (`max_new_tokens` defaults to 30), `skip_special_tokens`, as in [`AudioVisualCaptioningPipeline`];
+    `top_k` (`int`, *optional*): return that many answers with their scores, the probability of the answer's
+    tokens under the model (`exp` of their summed log-probability): the greedy answer for 1, the beams of a
+    beam search of `top_k` beams (VALOR's ranking) otherwise. It is the number of answers, not the sampling
+    parameter; pass that as `generate_kwargs={"top_k": ...}`.
 
     Example:
 
@@ -65,7 +72,7 @@ class AudioVisualQuestionAnsweringPipeline(ValorGenerationPipeline):
             raise ValueError(
                 "Give a question: `pipe(video, question)` or `pipe({'video': path, 'question': text})`."
             )
-        single_video = isinstance(video, (str, os.PathLike))
+        single_video = not isinstance(video, (list, tuple))  # a path, a decoded array or a media dict
         single_question = isinstance(question, str)
         if single_video and single_question:
             return {"video": video, "question": question}
@@ -89,6 +96,7 @@ class AudioVisualQuestionAnsweringPipeline(ValorGenerationPipeline):
         processor_kwargs: dict[str, Any] | None = None,
         generate_kwargs: dict[str, Any] | None = None,
         skip_special_tokens: bool | None = None,
+        top_k: int | None = None,
         **kwargs,
     ):
         preprocess_params, forward_params = self._sanitize_common(
@@ -97,6 +105,19 @@ class AudioVisualQuestionAnsweringPipeline(ValorGenerationPipeline):
         postprocess_params = {}
         if skip_special_tokens is not None:
             postprocess_params["skip_special_tokens"] = skip_special_tokens
+        if top_k is not None:
+            top_k = check_positive_int("top_k", top_k)
+            generation = forward_params.setdefault("generate_kwargs", {})
+            if generation.get("num_beams", top_k) < top_k or generation.get("do_sample"):
+                raise ValueError(
+                    f"`top_k={top_k}` answers come from a beam search of `top_k` beams; got "
+                    f"num_beams={generation.get('num_beams')}, do_sample={generation.get('do_sample')}."
+                )
+            generation.setdefault("num_beams", top_k)
+            generation.update(
+                num_return_sequences=top_k, return_dict_in_generate=True, output_scores=top_k == 1
+            )
+            postprocess_params["top_k"] = top_k
         return preprocess_params, forward_params, postprocess_params
 
     def preprocess_input(
@@ -108,22 +129,29 @@ class AudioVisualQuestionAnsweringPipeline(ValorGenerationPipeline):
         processor_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Decode and process the video of a `{"video", "question"}` pair; the question becomes `question_ids`."""
-        if not isinstance(inputs, dict) or set(inputs) != {"video", "question"}:
-            raise ValueError(f"Each input must be a dict with keys 'video' and 'question', got {inputs!r}.")
+        if not isinstance(inputs, dict) or "question" not in inputs:
+            raise ValueError(
+                f"Each input must be a dict with a 'question' and 'video' and/or 'audio', got {inputs!r}."
+            )
         question = inputs["question"]
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"The question must be a non-empty string, got {question!r}.")
+        media = inputs["video"] if set(inputs) == {"video", "question"} else inputs
         model_inputs = self._encode_media(
-            inputs["video"], modalities, num_frames, num_clips, processor_kwargs, question
+            media, modalities, num_frames, num_clips, processor_kwargs, question, extra_keys=("question",)
         )
         model_inputs["question_ids"] = model_inputs.pop("prompt_ids")
         model_inputs["question_attention_mask"] = model_inputs.pop("prompt_attention_mask")
         return model_inputs
 
     def postprocess(
-        self, model_outputs: dict[str, Any], skip_special_tokens: bool = True
-    ) -> list[dict[str, str]]:
-        """Decode the generated ids to `[{"answer": str}, ...]`."""
-        return [
-            {"answer": text} for text in self._decode(model_outputs, skip_special_tokens=skip_special_tokens)
-        ]
+        self, model_outputs: dict[str, Any], skip_special_tokens: bool = True, top_k: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Decode the generated ids to `[{"answer": str}]`, or with `top_k` to `[{"score", "answer"}, ...]` best
+        first."""
+        answers = self._decode(model_outputs, skip_special_tokens=skip_special_tokens)
+        if top_k is None:
+            return [{"answer": text} for text in answers]
+        scores = model_outputs["sequence_log_probs"][0].exp().tolist()
+        ranked = sorted(zip(scores, answers), key=lambda pair: -pair[0])
+        return [{"score": score, "answer": text} for score, text in ranked]

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from transformers import GenerationConfig, Pipeline
 from transformers.feature_extraction_utils import BatchFeature
@@ -113,9 +114,82 @@ def raise_for_failed_inputs(paths: Sequence[str], failures: Sequence[dict[str, s
     raise PipelineInputError(message, index, first["path"], finished)
 
 
-def media_inputs(
+@dataclass
+class MediaInput:
+    """The media of one pipeline input: a video (a file path or decoded frames `(frames, height, width, 3)`) and/or
+    a soundtrack (a file path or a waveform at `sampling_rate`)."""
+
+    video: Any = None
+    audio: Any = None
+    sampling_rate: int | None = None
+
+    def describe(self) -> str | None:
+        """The input's file path (`None` for decoded media)."""
+        for value in (self.video, self.audio):
+            if isinstance(value, (str, os.PathLike)):
+                return os.fspath(value)
+        return None
+
+
+MEDIA_INPUT_KEYS: tuple[str, ...] = ("video", "audio", "sampling_rate")
+_ARRAYS = (np.ndarray, torch.Tensor)
+
+
+def _media_from_value(value: Any, modalities: Modalities, extra_keys: Sequence[str]) -> MediaInput:
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(MEDIA_INPUT_KEYS) - set(extra_keys))
+        if unknown:
+            raise ValueError(
+                f"Unknown input keys {unknown}: an input dict holds {list(MEDIA_INPUT_KEYS) + list(extra_keys)}."
+            )
+        return MediaInput(value.get("video"), value.get("audio"), value.get("sampling_rate"))
+    if isinstance(value, (str, os.PathLike)):
+        return MediaInput(video=value, audio=value)  # a video file: its frames and its soundtrack
+    if isinstance(value, _ARRAYS):
+        if modalities == "both":
+            raise ValueError(
+                "A decoded array holds one modality; for modalities='both' give "
+                "`{'video': frames, 'audio': waveform, 'sampling_rate': rate}`."
+            )
+        return MediaInput(**{modalities: value})
+    raise TypeError(
+        "An input must be a media file path, a decoded array/tensor (frames `(T, H, W, 3)` or a waveform) or a dict "
+        f"with keys {list(MEDIA_INPUT_KEYS)}, got a {type(value).__name__}."
+    )
+
+
+def media_input(value: Any, modalities: Modalities, extra_keys: Sequence[str] = ()) -> MediaInput:
+    """
+    The [`MediaInput`] of one pipeline input, checked for what `modalities` needs: a path (its frames and
+    soundtrack), a decoded video (`modalities="video"`) or waveform (`"audio"`), as a numpy array or torch tensor,
+    or a dict `{"video": ..., "audio": ..., "sampling_rate": ...}` (plus `extra_keys`, such as QA's `"question"`).
+
+    Raises:
+        FileNotFoundError: a path is not an existing file (the message names it).
+        TypeError / ValueError: the input or a dict key is of no known kind, or a needed modality is missing.
+    """
+    media = _media_from_value(value, check_modalities(modalities), extra_keys)
+    for name in ("video", "audio"):
+        item = getattr(media, name)
+        if isinstance(item, (str, os.PathLike)):
+            setattr(media, name, check_path(item))
+        elif item is not None and not isinstance(item, _ARRAYS):
+            raise TypeError(
+                f"`{name}` must be a file path or a numpy array / torch tensor, got {type(item).__name__}."
+            )
+    if modalities in ("video", "both") and media.video is None:
+        raise ValueError(f"modalities={modalities!r} needs a video: give a path or `{{'video': frames}}`.")
+    if modalities in ("audio", "both") and media.audio is None:
+        raise ValueError(
+            f"modalities={modalities!r} needs audio: give a path or `{{'audio': waveform, 'sampling_rate': rate}}`"
+            + (" (or modalities='video')." if modalities == "both" else ".")
+        )
+    return media
+
+
+def media_model_inputs(
     processor,
-    paths: Sequence[str],
+    media: MediaInput,
     modalities: Modalities,
     num_frames: int | None = None,
     num_clips: int | None = None,
@@ -123,31 +197,36 @@ def media_inputs(
     **text_inputs: Any,
 ) -> BatchFeature:
     """
-    Run the processor on video files, decoding only what `modalities` needs.
+    Run the processor on one [`MediaInput`], decoding only what `modalities` needs.
 
     Args:
         processor ([`ValorProcessor`]): the processor.
-        paths (`list[str]`): existing media files.
+        media ([`MediaInput`]): checked by [`media_input`] for `modalities`.
         modalities (`str`): `"video"` (frames only), `"audio"` (soundtrack only) or `"both"`.
-        num_frames / num_clips (`int`, *optional*): frames / audio clips per video (default: the processor's).
+        num_frames / num_clips (`int`, *optional*): frames / audio clips (default: the processor's).
         processor_kwargs (`dict`, *optional*): further processor arguments (`size`, `video_backend`, ...).
         text_inputs: `text=` / `prompts=` passed through to the processor.
 
     Returns:
-        `BatchFeature` with `pixel_values_videos` (video, both) and `input_features`, `input_features_mask`
-        (audio, both), plus the text fields asked for.
+        `BatchFeature` (batch 1) with `pixel_values_videos` (video, both) and `input_features`,
+        `input_features_mask` (audio, both), plus the text fields asked for.
     """
     kwargs = dict(processor_kwargs or {})
-    if modalities in ("video", "both") and num_frames is not None:
+    uses_video, uses_audio = modalities in ("video", "both"), modalities in ("audio", "both")
+    if uses_video and num_frames is not None:
         kwargs["num_frames"] = num_frames
-    if modalities in ("audio", "both") and num_clips is not None:
+    if uses_audio and num_clips is not None:
         kwargs["num_clips"] = num_clips
-    paths = list(paths)
-    if modalities == "video":
-        return processor(videos=paths, audio_from_video=False, return_tensors="pt", **text_inputs, **kwargs)
-    if modalities == "audio":
-        return processor(audio=paths, return_tensors="pt", **text_inputs, **kwargs)
-    return processor(videos=paths, audio_from_video=True, return_tensors="pt", **text_inputs, **kwargs)
+    if uses_audio and media.sampling_rate is not None:
+        kwargs["sampling_rate"] = media.sampling_rate
+    return processor(
+        videos=[media.video] if uses_video else None,
+        audio=[media.audio] if uses_audio else None,
+        audio_from_video=False,
+        return_tensors="pt",
+        **text_inputs,
+        **kwargs,
+    )
 
 
 def split_generate_kwargs(
@@ -173,6 +252,22 @@ def split_generate_kwargs(
             raise ValueError(f"`{name}` was given both directly and in `generate_kwargs`; give it once.")
         merged[name] = value
     return merged
+
+
+def sequence_log_probs(model, output) -> torch.Tensor:
+    """
+    The summed log-probability of each generated sequence of a dict `generate` output: a beam search's
+    `sequences_scores` (VALOR's ranking: summed, not length-normalised), or for greedy search / sampling the sum of
+    the chosen tokens' log-probabilities up to [SEP] (`output_scores=True`).
+    """
+    if getattr(output, "sequences_scores", None) is not None:
+        return output.sequences_scores
+    steps = model.compute_transition_scores(
+        output.sequences, output.scores, normalize_logits=True
+    )  # (N, steps)
+    generated = output.sequences[:, -steps.shape[1] :]
+    pad = model.generation_config.pad_token_id
+    return steps.masked_fill(generated == pad, 0.0).sum(dim=1)
 
 
 class ValorGenerationPipeline(Pipeline):
@@ -297,24 +392,25 @@ class ValorGenerationPipeline(Pipeline):
 
     def _encode_media(
         self,
-        video: Any,
+        value: Any,
         modalities: Modalities,
         num_frames: int | None,
         num_clips: int | None,
         processor_kwargs: dict[str, Any] | None,
         prompt: str | None,
+        extra_keys: Sequence[str] = (),
     ) -> dict[str, Any]:
-        path = check_video_path(video)
-        model_inputs = media_inputs(
+        media = media_input(value, modalities, extra_keys)
+        model_inputs = media_model_inputs(
             self.processor,
-            [path],
-            check_modalities(modalities),
+            media,
+            modalities,
             num_frames,
             num_clips,
             processor_kwargs,
             prompts=[prompt] if prompt else None,
         )
-        return {**model_inputs, "video": path}
+        return {**model_inputs, "video": media.describe()}
 
     def _forward(
         self,
@@ -328,12 +424,16 @@ class ValorGenerationPipeline(Pipeline):
             for name, value in self._forced_generation_defaults.items():
                 if name not in self._generate_kwargs:
                     generate_kwargs.setdefault(name, value)
-        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs, return_dict_in_generate=False)
+        return_dict = bool(generate_kwargs.pop("return_dict_in_generate", False))
+        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs, return_dict_in_generate=return_dict)
         reference = model_inputs.get("pixel_values_videos", model_inputs.get("input_features"))
         batch_size = reference.shape[0]
-        sequences = self.model.generate(**model_inputs, modalities=modalities, **generate_kwargs)
-        sequences = sequences.view(batch_size, -1, sequences.shape[-1])  # (B, num_return_sequences, L)
-        return {"sequences": sequences, "video": video}
+        output = self.model.generate(**model_inputs, modalities=modalities, **generate_kwargs)
+        sequences = output.sequences if return_dict else output
+        result = {"sequences": sequences.view(batch_size, -1, sequences.shape[-1]), "video": video}
+        if return_dict:  # (B, num_return_sequences, L) and their summed log-probabilities
+            result["sequence_log_probs"] = sequence_log_probs(self.model, output).view(batch_size, -1)
+        return result
 
     def _decode(self, model_outputs: dict[str, Any], skip_special_tokens: bool = True) -> list[str]:
         sequences: torch.Tensor = model_outputs["sequences"][0]  # (num_return_sequences, L)

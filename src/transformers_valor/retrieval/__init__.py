@@ -3,7 +3,7 @@ the model fingerprint that ties it to its model (`fingerprint`), a faiss first-s
 two-stage search with VALOR's exact fine-grained re-rank (`search`), and resumable gallery encoding with DataLoader
 workers (`encoding`)."""
 
-from .encoding import encode_gallery
+from .encoding import encode_gallery, open_gallery_for_encoding
 from .fingerprint import model_fingerprint, processor_description
 from .gallery import GalleryMismatchError, VideoGallery
 from .index import GalleryIndex, candidate_vectors, query_vectors, require_faiss, weighted_mean
@@ -18,6 +18,7 @@ __all__ = [
     "encode_gallery",
     "exhaustive_search",
     "model_fingerprint",
+    "open_gallery_for_encoding",
     "processor_description",
     "query_vectors",
     "require_faiss",

@@ -4,7 +4,11 @@
     python examples/encode_videos.py --model path/to/valor --videos /data/videos --output /data/gallery
     python examples/encode_videos.py --model m --videos list.txt --output g --dtype float16 --num_workers 4
 
-One process; the shard names already carry the process rank for the multi-process launch (issue #12).
+    accelerate launch --multi_gpu --num_processes 8 examples/encode_videos.py --model m --videos list.txt --output g
+
+Across processes (`accelerate launch`, `torchrun`), the main process creates (or checks) the gallery folder, every
+process encodes every `world_size`-th item into shards named by its rank, and the main process then commits them
+and builds the indexes. Starting the same command again resumes.
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ import json
 import os
 from collections.abc import Sequence
 
-import torch
-
 from ..configuration_valor import RETRIEVAL_GROUPS
+from ..inference.cli import launched_state
+from ..inference.dataset import list_media, shard_items
 from ..inference.writer import write_atomic
-from .encoding import encode_gallery
+from .encoding import encode_gallery, open_gallery_for_encoding
 from .gallery import DEFAULT_SHARD_SIZE, STORAGE_DTYPES, VideoGallery
 from .index import INDEX_TYPES
 
@@ -44,7 +48,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rebuild_index", action="store_true", help="Rebuild indexes that already exist.")
     parser.add_argument("--no_resume", action="store_true", help="Refuse a folder that already holds shards.")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="Default: this process's device in the launch.")
     parser.add_argument("--no_progress", action="store_true", help="Hide the progress bar.")
     return parser.parse_args(argv)
 
@@ -61,34 +65,48 @@ def served_groups(gallery: VideoGallery) -> list[str]:
     return groups
 
 
-def encode_videos_main(argv: Sequence[str] | None = None) -> VideoGallery:
-    """Run the command line; returns the gallery."""
-    args = parse_args(argv)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:
-        raise NotImplementedError(
-            f"encode_videos runs in one process (WORLD_SIZE={world_size}); the multi-process launch is issue #12."
-        )
+def encode_videos_main(argv: Sequence[str] | None = None) -> VideoGallery | None:
+    """Run the command line on this process; returns the gallery on the main process, `None` on the others."""
     from ..modeling_valor import ValorModel
     from ..processing_valor import ValorProcessor
 
-    model = ValorModel.from_pretrained(args.model).to(args.device).eval()
+    args = parse_args(argv)
+    state = launched_state()
+    model = ValorModel.from_pretrained(args.model).to(args.device or state.device).eval()
     processor = ValorProcessor.from_pretrained(args.processor or args.model)
+    settings = {
+        "group": args.group,
+        "dtype": args.dtype,
+        "shard_size": args.shard_size,
+        "num_frames": args.num_frames,
+        "num_clips": args.num_clips,
+    }
+    if state.is_main_process:
+        open_gallery_for_encoding(model, processor, args.output, **settings)
+    state.wait_for_everyone()
+    share = shard_items(list_media(args.videos), state.process_index, state.num_processes)
     gallery = encode_gallery(
         model,
         processor,
-        args.videos,
+        share,
         path=args.output,
-        group=args.group,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        dtype=args.dtype,
-        shard_size=args.shard_size,
-        num_frames=args.num_frames,
-        num_clips=args.num_clips,
         resume=not args.no_resume,
-        progress=not args.no_progress,
+        rank=state.process_index,
+        progress=not args.no_progress and state.is_local_main_process,
+        **settings,
     )
+    state.wait_for_everyone()  # every rank's shards are written
+    if state.is_main_process:
+        gallery.refresh()
+        _finish(gallery, args)
+    state.wait_for_everyone()
+    return gallery if state.is_main_process else None
+
+
+def _finish(gallery: VideoGallery, args: argparse.Namespace) -> None:
+    """The failures file and the first-stage indexes of the finished gallery (main process)."""
     failures = gallery.failures()
     write_atomic(os.path.join(args.output, FAILURES_FILE), "".join(json.dumps(f) + "\n" for f in failures))
     if args.index != "none" and len(gallery):
@@ -99,4 +117,3 @@ def encode_videos_main(argv: Sequence[str] | None = None) -> VideoGallery:
         f"gallery {args.output}: {len(gallery)} items, {len(failures)} failed (listed in {FAILURES_FILE}), "
         f"indexes {sorted(gallery.indexes) or 'none'}"
     )
-    return gallery

@@ -61,6 +61,30 @@ def _open_for_encoding(
     return gallery
 
 
+def open_gallery_for_encoding(
+    model,
+    processor,
+    path: str | os.PathLike,
+    group: str = "tva",
+    dtype: StorageDtype = "float32",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    num_frames: int | None = None,
+    num_clips: int | None = None,
+    processor_kwargs: dict[str, Any] | None = None,
+) -> VideoGallery:
+    """
+    Create the gallery folder `path` for an encoding with these settings, or check that the gallery already there
+    was encoded with them (the same model, modalities, storage type and decoding settings). A multi-process
+    encoding calls this on the main process before the others start [`encode_gallery`] with their `rank`.
+
+    Raises:
+        ValueError: the folder holds a gallery encoded otherwise.
+    """
+    modalities = get_modality_group(group, "retrieval").candidates
+    processor_info = processor_description(processor, num_frames, num_clips, processor_kwargs)
+    return _open_for_encoding(Path(path), model, modalities, dtype, processor_info, shard_size, rank=0)
+
+
 def encode_gallery(
     model,
     processor,

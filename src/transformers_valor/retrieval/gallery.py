@@ -37,6 +37,8 @@ SHARD_DIR = "shards"
 INDEX_DIR = "index"
 MEDIA_MODALITIES: tuple[str, ...] = ("video", "audio")
 FEATURE_FIELDS: tuple[str, ...] = ("embeds", "mask", "weight_logits", "pooler_output")
+# What the fine-grained score reads of a row (the pooled vector serves the coarse score only).
+FINE_FIELDS: tuple[str, ...] = ("embeds", "mask", "weight_logits")
 StorageDtype = Literal["float32", "float16"]
 STORAGE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 DEFAULT_SHARD_SIZE = 8192
@@ -265,30 +267,37 @@ class VideoGallery:
         starts = torch.tensor(self._starts, dtype=torch.long)
         return torch.searchsorted(starts, rows, right=True) - 1
 
-    def _gather(self, modality: str, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        shard_of = self._locate(rows)
-        parts: dict[str, torch.Tensor] = {}
-        for s in torch.unique(shard_of).tolist():
-            where = (shard_of == s).nonzero().squeeze(1)
-            local = rows[where] - self._starts[s]
-            for key, value in self._shards[s].tensors.items():
-                owner, _, name = key.partition(".")
-                if owner != modality:
-                    continue
-                if name not in parts:
-                    parts[name] = value.new_empty((rows.numel(), *value.shape[1:]))
-                parts[name][where] = value[local]
+    def _gather(self, modality: str, rows: torch.Tensor, fields: Sequence[str]) -> dict[str, torch.Tensor]:
+        order = torch.argsort(rows, stable=True)
+        ordered = rows[order]
+        counts = torch.bincount(self._locate(ordered), minlength=len(self._shards)).tolist()
+        pieces: dict[str, list[torch.Tensor]] = {}
+        start = 0
+        for s, count in enumerate(counts):
+            local = ordered[start : start + count] - self._starts[s]
+            start += count
+            for name in fields if count else ():
+                key = f"{modality}.{name}"
+                if key in self._shards[s].tensors:
+                    pieces.setdefault(name, []).append(self._shards[s].tensors[key].index_select(0, local))
+        parts = {name: torch.cat(values) for name, values in pieces.items()}
+        if not torch.equal(ordered, rows):  # back to the order asked for
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(order.numel())
+            parts = {name: value[inverse] for name, value in parts.items()}
         return parts
 
-    def _slice(self, modality: str, start: int, stop: int) -> dict[str, torch.Tensor] | None:
+    def _slice(
+        self, modality: str, start: int, stop: int, fields: Sequence[str]
+    ) -> dict[str, torch.Tensor] | None:
         s = int(self._locate(torch.tensor([start]))[0])
         if stop > self._starts[s] + len(self._shards[s].ids):
             return None  # crosses a shard: gathered instead
-        offset = self._starts[s]
+        offset, tensors = self._starts[s], self._shards[s].tensors
         return {
-            key.partition(".")[2]: value[start - offset : stop - offset]
-            for key, value in self._shards[s].tensors.items()
-            if key.partition(".")[0] == modality
+            name: tensors[f"{modality}.{name}"][start - offset : stop - offset]
+            for name in fields
+            if f"{modality}.{name}" in tensors
         }
 
     def features(
@@ -296,27 +305,32 @@ class VideoGallery:
         modality: str,
         rows: torch.Tensor | Sequence[int] | slice | None = None,
         dtype: torch.dtype = torch.float32,
+        fields: Sequence[str] = FEATURE_FIELDS,
     ) -> ValorFeatures:
         """
         The features of `modality` for `rows` (global row numbers in any order, a `slice`, or `None` for every
         row) as [`ValorFeatures`]: floats in `dtype`, the mask as int64. A slice inside one shard is read as a
-        view of the memory-mapped file.
+        view of the memory-mapped file. `fields` (a subset of `FEATURE_FIELDS`) limits what is read: the
+        fine-grained score needs no `pooler_output`.
         """
         if modality not in self.modalities:
             raise ValueError(f"This gallery holds no {modality} features (it has {list(self.modalities)}).")
+        unknown = [name for name in fields if name not in FEATURE_FIELDS]
+        if unknown:
+            raise ValueError(f"Unknown feature fields {unknown}; the fields are {list(FEATURE_FIELDS)}.")
         if len(self) == 0:
             raise ValueError("The gallery is empty.")
         parts = None
         if isinstance(rows, slice) or rows is None:
             start, stop, step = (rows or slice(None)).indices(len(self))
             if step == 1 and stop > start:
-                parts = self._slice(modality, start, stop)
+                parts = self._slice(modality, start, stop, fields)
             rows = torch.arange(start, stop, step)
         if parts is None:
             rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
             if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= len(self)):
                 raise IndexError(f"Row numbers must be in [0, {len(self)}), got {rows.min()}..{rows.max()}.")
-            parts = self._gather(modality, rows)
+            parts = self._gather(modality, rows, fields)
         return ValorFeatures(
             **{name: value.long() if name == "mask" else value.to(dtype) for name, value in parts.items()}
         )

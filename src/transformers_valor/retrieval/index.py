@@ -32,6 +32,7 @@ from ..configuration_valor import get_modality_group
 from ..inference.writer import write_atomic
 from ..losses import masked_softmax
 from ..modeling_valor import ValorFeatures, concat_features
+from .gallery import FINE_FIELDS
 
 IndexType = Literal["flat", "ivf", "hnsw"]
 INDEX_TYPES: tuple[str, ...] = ("flat", "ivf", "hnsw")
@@ -76,7 +77,7 @@ def candidate_vectors(gallery, group: str, rows, vectors: FirstStageVectors = "m
     """First-stage vectors of `rows` (a slice or row numbers) of `gallery` for retrieval group `group`, float32:
     `(rows, dim)` for `"mean"`, `(rows * positions, dim)` (item-major) for `"positions"`."""
     spec = get_modality_group(group, "retrieval")
-    side = concat_features(*(gallery.features(m, rows) for m in spec.candidates))
+    side = concat_features(*(gallery.features(m, rows, fields=FINE_FIELDS) for m in spec.candidates))
     if vectors == "mean":
         return weighted_mean(side)
     _require_fine(side)
@@ -220,8 +221,11 @@ class GalleryIndex:
             return torch.from_numpy(found)
         out = torch.full((found.shape[0], num_candidates), -1, dtype=torch.long)
         for i, row in enumerate(found):
-            items = list(dict.fromkeys(int(f) // self.positions for f in row if f >= 0))[:num_candidates]
-            out[i, : len(items)] = torch.tensor(items, dtype=torch.long)
+            # Each item once, at the rank of its best position (np.unique's first index of each value).
+            items = row[row >= 0] // self.positions
+            _, first = np.unique(items, return_index=True)
+            best = torch.from_numpy(items[np.sort(first)][:num_candidates])
+            out[i, : best.numel()] = best
         return out
 
     def save(self, directory: str | os.PathLike) -> None:

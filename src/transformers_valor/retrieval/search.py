@@ -14,7 +14,7 @@ import torch
 
 from ..configuration_valor import get_modality_group
 from ..modeling_valor import ValorFeatures
-from .gallery import VideoGallery
+from .gallery import FINE_FIELDS, VideoGallery
 from .index import query_vectors
 
 DEFAULT_BLOCK_SIZE = 16384
@@ -53,7 +53,8 @@ def _check_queries(model, gallery: VideoGallery, text: ValorFeatures, group: str
 def score_rows(model, gallery: VideoGallery, text: ValorFeatures, group: str, rows) -> torch.Tensor:
     """MGA scores `(queries, len(rows))` of text features against gallery `rows` (a slice or row numbers)."""
     spec = get_modality_group(group, "retrieval")
-    media = {m: gallery.features(m, rows, dtype=model.dtype) for m in spec.candidates}
+    fields = FINE_FIELDS if model.config.contrastive_type == "fine" else ("pooler_output",)
+    media = {m: gallery.features(m, rows, dtype=model.dtype, fields=fields) for m in spec.candidates}
     media = {m: ValorFeatures(**{k: v.to(model.device) for k, v in f.items()}) for m, f in media.items()}
     query, candidates = model.group_features(group, text=text, **media)
     return model.similarity(query, candidates).float().cpu()

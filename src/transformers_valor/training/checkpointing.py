@@ -38,6 +38,7 @@ from accelerate.utils import gather_object
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from ..modelcard import create_model_card
 from ..processing_valor import ValorProcessor
 from .distributed import REPLICATED_TYPES, is_fsdp2
 from .safe_state import StateFileError, check_like, load_state_tree, save_state_tree, state_files
@@ -430,11 +431,18 @@ def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike, objects: 
 
 
 # --------------------------------------------------------------------------------------------- final model
-def save_final_model(accelerator: Accelerator, objective, processor: ValorProcessor, final_dir: Path) -> Path:
+def save_final_model(
+    accelerator: Accelerator,
+    objective,
+    processor: ValorProcessor,
+    final_dir: Path,
+    card: dict[str, Any] | None = None,
+) -> Path:
     """
     `save_pretrained` of the task's model inside the prepared training objective (full state dict gathered under
     FSDP/DeepSpeed) and of the processor, e.g. a `ValorForRetrieval` folder for retrieval fine-tuning. Written to
-    `.tmp-<name>` beside `final_dir` and renamed once complete, replacing an earlier `final_dir`.
+    `.tmp-<name>` beside `final_dir` and renamed once complete, replacing an earlier `final_dir`. `card`: the
+    `create_model_card` arguments of the run (its datasets), for the folder's README.md.
     """
     final_dir = Path(final_dir)
     tmp = final_dir.with_name(f"{TMP_PREFIX}{final_dir.name}")
@@ -451,6 +459,8 @@ def save_final_model(accelerator: Accelerator, objective, processor: ValorProces
             model = unwrapped.model
             weights = {k[len("model.") :]: v for k, v in state_dict.items() if k.startswith("model.")}
             model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+            if card is not None:
+                create_model_card(model, tmp, **card)
             processor.save_pretrained(tmp)
             publish_folder(tmp, final_dir)
         finally:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 
+from ..modelcard import add_eval_results
 from ..processing_valor import ValorProcessor
 from .config import RunConfig, load_config
 from .corpus_split import ProcessShare
@@ -127,6 +128,8 @@ def evaluate_saved_model(
     metrics, predictions = evaluate_task(config.task, model, processor, config.evaluation, cache_dir, share)
     if share is None or share.rank == 0:
         (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        if (model_path / "README.md").is_file():  # the card of a folder this project saved states the results
+            add_eval_results(model, model_path, config.task, metrics)
         if predictions:
             (output_dir / "predictions.json").write_text(json.dumps(predictions, indent=2))
         logger.info("Evaluation of %s: %s", model_path, json.dumps(metrics))

@@ -81,7 +81,13 @@ class OptimizerArguments:
         weight_decay (`float`, defaults to 0.01): not applied to biases, normalisation weights and the scalar
             temperature / logit scale.
         learning_rate_overrides (`dict[str, float]`, *optional*): learning rate per parameter-name prefix of the
-            task's model, e.g. `{"valor.vision_model": 8e-6}` (VALOR-L's CLIP tower).
+            task's model, e.g. `{"valor.vision_model": 8e-6}` (VALOR-L's CLIP tower). A prefix given here wins
+            over the tower rates below.
+        text_learning_rate (`float`, *optional*): learning rate of the text tower (`text_model`, the shared
+            encoder/decoder with its cross-attention, and the MLM head `cls`) under any head; default
+            `learning_rate`.
+        vision_learning_rate (`float`, *optional*): learning rate of the video tower (`vision_model`).
+        audio_learning_rate (`float`, *optional*): learning rate of the audio tower (`audio_model`).
         lr_scheduler (`str`, defaults to `"linear"`): any `transformers.get_scheduler` name.
         warmup_ratio (`float`, defaults to 0.1): share of the steps used for warm-up (unless `warmup_steps`).
         warmup_steps (`int`, *optional*): absolute warm-up steps.
@@ -93,6 +99,9 @@ class OptimizerArguments:
     eps: float = 1e-8
     weight_decay: float = 0.01
     learning_rate_overrides: dict[str, float] = field(default_factory=dict)
+    text_learning_rate: float | None = None
+    vision_learning_rate: float | None = None
+    audio_learning_rate: float | None = None
     lr_scheduler: str = "linear"
     warmup_ratio: float = 0.1
     warmup_steps: int | None = None
@@ -115,6 +124,9 @@ class OptimizerArguments:
         require_at_least("optimizer", {"warmup_steps": self.warmup_steps}, 0, optional=True)
         for prefix, rate in self.learning_rate_overrides.items():
             require(rate > 0, f"optimizer.learning_rate_overrides.{prefix}", rate, "> 0")
+        for tower in ("text", "vision", "audio"):
+            rate = getattr(self, f"{tower}_learning_rate")
+            require(rate is None or rate > 0, f"optimizer.{tower}_learning_rate", rate, "> 0 (or unset)")
 
 
 @dataclass
@@ -206,6 +218,9 @@ class LoopArguments:
         overwrite_output_dir (`bool`, defaults to `False`): start afresh in an `output_dir` that holds an earlier
             run, deleting its `checkpoints/`, `final/` and `metrics.jsonl` (without it such a run is refused unless
             it is resumed).
+        torch_compile (`bool`, defaults to `False`): compile the towers, the text encoder / decoder and the MLM head
+            with `torch.compile` (inductor; `transformers_valor.compile_valor`) before training. The first steps
+            compile (minutes for VALOR-B); checkpoints and the saved model are the same as without it.
     """
 
     output_dir: str = "outputs/valor_pretrain"
@@ -222,6 +237,7 @@ class LoopArguments:
     progress_bar: bool = True
     find_unused_parameters: bool = True
     overwrite_output_dir: bool = False
+    torch_compile: bool = False
 
     def __post_init__(self):
         positive = {

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from ..configuration_valor import CAPTION_GROUPS, RETRIEVAL_GROUPS, get_modality_group
 from ..data.collator import MEDIA_KEYS, build_decoded_cache
@@ -159,7 +160,7 @@ def decode_evaluation_set(
         block = share.block(count)
         rows = {key: values[block.start : block.stop] for key, values in rows.items()}
     decoded = build_decoded_cache(
-        rows, config, processor, cache_dir, num_workers=num_workers, dtype="float32", progress=False
+        rows, config, processor, cache_dir, num_workers=num_workers, dtype="float32", progress=True
     )
     failed = {}
     for index, error in decoded["errors"].items():
@@ -179,6 +180,12 @@ def decode_evaluation_set(
     )
 
 
+def batches(starts: range, desc: str):
+    """The batch starts of an evaluation loop with a progress bar (transformers' tqdm: hidden by
+    `transformers.utils.logging.disable_progress_bar()`)."""
+    return hf_logging.tqdm(starts, desc=desc, unit="batch")
+
+
 @torch.no_grad()
 def encode_media(
     model: ValorModel,
@@ -193,7 +200,7 @@ def encode_media(
     model.eval()
     wanted = [m for m in eval_set.modalities if modalities is None or m in modalities]
     parts: dict[str, list[ValorFeatures]] = {m: [] for m in wanted}
-    for start in range(0, len(eval_set), batch_size):
+    for start in batches(range(0, len(eval_set), batch_size), f"encoding {eval_set.name} media"):
         batch = eval_set.inputs(start, start + batch_size, wanted, model.device, model.dtype)
         if "video" in parts:
             parts["video"].append(model.get_video_features(batch["pixel_values_videos"]))
@@ -220,7 +227,7 @@ def encode_texts(
     tokens = processor(text=list(texts), padding="longest", max_length=max_length, return_tensors="pt")
     rows = range(len(texts)) if rows is None else rows
     parts = []
-    for start in range(rows.start, rows.stop, batch_size):
+    for start in batches(range(rows.start, rows.stop, batch_size), "encoding texts"):
         stop = min(start + batch_size, rows.stop)
         ids = tokens["input_ids"][start:stop].to(model.device)
         mask = tokens["attention_mask"][start:stop].to(model.device)
@@ -356,7 +363,8 @@ def generate_texts(
     model.eval()
     spec = get_modality_group(group, "caption")
     outputs: list[str] = []
-    for start in range(0, len(eval_set), batch_size):
+    task = "answering" if questions is not None else "captioning"
+    for start in batches(range(0, len(eval_set), batch_size), f"{task} {eval_set.name} ({group})"):
         inputs = eval_set.inputs(
             start, start + batch_size, spec.decoder_modalities, model.device, model.dtype
         )

@@ -27,6 +27,7 @@ from accelerate.utils import (
     set_seed,
 )
 
+from ..compilation import compile_valor
 from ..data.collator import model_inputs, truncate_batch
 from ..processing_valor import ValorProcessor
 from .checkpointing import (
@@ -413,6 +414,10 @@ def train(
     logger.info("Distributed engine: %s", engine.describe())
     # Before the optimizer is built: FSDP2's fully_shard replaces the parameters (`model` stays the same module).
     objective = shard_objective(accelerator, engine, objective)
+    if args.torch_compile:
+        # In place and after FSDP2's fully_shard (compiling sharded modules, as torch recommends); parameter
+        # names, checkpoints and DDP wrapping are those of the eager model.
+        compile_valor(model)
     total_steps = num_training_steps(args, data.batches_per_epoch)
     # Parameter names (weight decay, learning-rate prefixes) are the task model's, e.g. `valor.vision_model.*`.
     optimizer = build_optimizer(model, config.optimizer)
@@ -434,7 +439,10 @@ def train(
     loop.run()
     final_dir = None
     if state.step >= total_steps:
-        final_dir = save_final_model(accelerator, objective, processor, Path(args.output_dir) / FINAL_DIR)
+        card = {"datasets": [d.name for d in config.datasets], "tags": [config.task]}
+        final_dir = save_final_model(
+            accelerator, objective, processor, Path(args.output_dir) / FINAL_DIR, card
+        )
     result = TrainResult(
         step=state.step, losses=loop.losses, final_dir=final_dir, last_checkpoint=loop.last_checkpoint
     )

@@ -23,21 +23,47 @@ def _no_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
+# The root modules of each tower in VALOR's models (under `valor.` in the heads); the MLM head belongs to the text
+# tower whose embeddings it is tied to.
+TOWER_MODULES: dict[str, tuple[str, ...]] = {
+    "text": ("text_model", "cls"),
+    "vision": ("vision_model",),
+    "audio": ("audio_model",),
+}
+
+
+def _tower_of(name: str) -> str | None:
+    """The tower a parameter name of a VALOR model (any head) belongs to, or `None`."""
+    root = name.removeprefix("valor.").split(".", 1)[0]
+    return next((tower for tower, roots in TOWER_MODULES.items() if root in roots), None)
+
+
+def parameter_learning_rate(name: str, args: OptimizerArguments) -> float:
+    """
+    The learning rate of parameter `name`: the longest matching `learning_rate_overrides` prefix, else its
+    tower's rate (`text_learning_rate`, `vision_learning_rate`, `audio_learning_rate`) when set, else
+    `learning_rate`.
+    """
+    matches = [prefix for prefix in args.learning_rate_overrides if name.startswith(prefix)]
+    if matches:
+        return args.learning_rate_overrides[max(matches, key=len)]
+    tower = _tower_of(name)
+    tower_rate = getattr(args, f"{tower}_learning_rate") if tower is not None else None
+    return args.learning_rate if tower_rate is None else tower_rate
+
+
 def build_optimizer(model: nn.Module, args: OptimizerArguments) -> torch.optim.AdamW:
     """
     AdamW with VALOR's settings: betas (0.9, 0.98), weight decay 0.01 on weight matrices and embeddings only,
     i.e. no decay on biases, LayerNorm (and other normalisation) weights and the scalar temperature; optional
-    per-prefix learning rates (`learning_rate_overrides`, prefixes of `model`'s parameter names).
+    per-tower and per-prefix learning rates ([`parameter_learning_rate`]).
     """
     no_decay = _no_decay_names(model)
-    overrides = sorted(
-        args.learning_rate_overrides.items(), key=lambda kv: -len(kv[0])
-    )  # longest prefix wins
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        lr = next((value for prefix, value in overrides if name.startswith(prefix)), args.learning_rate)
+        lr = parameter_learning_rate(name, args)
         decay = 0.0 if name in no_decay else args.weight_decay
         groups.setdefault((lr, decay), []).append(param)
     param_groups = [
