@@ -42,7 +42,7 @@ import torch.distributed as dist
 from accelerate import Accelerator, PartialState
 
 from helpers import TINY_TASK_PROMPT_IDS, ValorInputsTester, tiny_valor_config
-from training_helpers import REPO, accelerate_config_env, reset_accelerate
+from training_helpers import ONE_MACHINE_TWO_PROCESSES, REPO, accelerate_config_env, reset_accelerate
 from transformers_valor import ValorForPreTraining
 from transformers_valor.data.masking import MLM_MASK_PROBABILITY, CaptionMaskingConfig, mask_captions
 from transformers_valor.modeling_valor_text import ValorTextLayer
@@ -50,17 +50,6 @@ from transformers_valor.training import PretrainingObjective
 from transformers_valor.training.distributed import resolve_engine, shard_objective
 
 FSDP_CONFIG = REPO / "examples" / "configs" / "accelerate" / "fsdp_2nodes.yaml"
-# The shipped 2-node config, launched as a user of this machine would: one machine, two processes.
-FSDP_LAUNCH = (
-    "--num_machines",
-    "1",
-    "--num_processes",
-    "2",
-    "--machine_rank",
-    "0",
-    "--main_process_port",
-    "0",
-)
 
 
 def global_batch(model) -> dict:
@@ -138,7 +127,9 @@ def launched_with(env: dict[str, str]):
 
 def fsdp_runs(workdir: Path) -> None:
     """Step 4: the FSDP2 runs (the shipped config in fp32, as a CPU user would override `mixed_precision`)."""
-    with launched_with(accelerate_config_env(FSDP_CONFIG, *FSDP_LAUNCH, "--mixed_precision", "no")):
+    with launched_with(
+        accelerate_config_env(FSDP_CONFIG, *ONE_MACHINE_TWO_PROCESSES, "--mixed_precision", "no")
+    ):
         run_script("pretrain.py", workdir / "fsdp.yaml", last=False)
         run_script(
             "pretrain.py", workdir / "fsdp_resumed.yaml", last=False, extra=("--stop_after_steps", "2")
@@ -152,7 +143,7 @@ def fsdp_runs(workdir: Path) -> None:
 
 def fsdp_mixed_precision(output_path: Path) -> None:
     """Step 5: one sharded step under the shipped config's bf16; the compute and parameter dtypes, rank 0."""
-    with launched_with(accelerate_config_env(FSDP_CONFIG, *FSDP_LAUNCH)):
+    with launched_with(accelerate_config_env(FSDP_CONFIG, *ONE_MACHINE_TWO_PROCESSES)):
         accelerator = Accelerator(cpu=True)
         engine = resolve_engine(accelerator)
         objective = shard_objective(accelerator, engine, PretrainingObjective(build_model()))

@@ -11,7 +11,7 @@ import torch
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
-from training_helpers import REPO, accelerate_config_env, read_metrics
+from training_helpers import ONE_MACHINE_TWO_PROCESSES, REPO, accelerate_config_env, read_metrics
 from transformers_valor import (
     ValorForConditionalGeneration,
     ValorForPreTraining,
@@ -23,16 +23,6 @@ from transformers_valor.training.distributed import DistributedEngineError, requ
 # The optimizer settings of the compared runs (tests/training_helpers.py `tiny_run`, tests/conftest.py `ddp_runs`).
 LEARNING_RATE, MAX_STEPS = 1e-3, 3
 CONFIGS = REPO / "examples" / "configs" / "accelerate"
-ONE_MACHINE = (
-    "--num_machines",
-    "1",
-    "--num_processes",
-    "2",
-    "--machine_rank",
-    "0",
-    "--main_process_port",
-    "0",
-)
 
 
 def _accelerator(distributed_type, num_processes=2, mixed_precision="no"):
@@ -46,7 +36,7 @@ def _accelerator(distributed_type, num_processes=2, mixed_precision="no"):
 
 
 def test_the_shipped_configs_are_read_as_accelerate_launch_passes_them():
-    fsdp = accelerate_config_env(CONFIGS / "fsdp_2nodes.yaml", *ONE_MACHINE)
+    fsdp = accelerate_config_env(CONFIGS / "fsdp_2nodes.yaml", *ONE_MACHINE_TWO_PROCESSES)
     assert requested_engine({**fsdp, "WORLD_SIZE": "2"}) == requested_engine(
         {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "WORLD_SIZE": "2"}
     )

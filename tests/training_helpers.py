@@ -22,6 +22,18 @@ CAPTION_VIDEOS_SETTINGS = {
     "num_beams": 2,
     "max_new_tokens": 4,
 }
+# `accelerate launch` arguments that run a shipped multi-node config as a user of this machine would: one
+# machine, two processes.
+ONE_MACHINE_TWO_PROCESSES = (
+    "--num_machines",
+    "1",
+    "--num_processes",
+    "2",
+    "--machine_rank",
+    "0",
+    "--main_process_port",
+    "0",
+)
 # examples/encode_videos.py settings of the 2-process check and its one-process comparison.
 ENCODE_VIDEOS_SETTINGS = {"group": "tva", "batch_size": 2, "num_workers": 0, "shard_size": 2, "index": "flat"}
 
