@@ -89,6 +89,28 @@ def test_cpu_cache_blocks_equal_naive():
     torch.testing.assert_close(fine_grained_similarity(*tester.args()), naive, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("num_a,num_b", [(1, 300), (300, 1), (40, 40)])
+def test_either_side_larger_and_unmasked_sides_equal_naive(num_a, num_b):
+    # One query against a gallery (the side roles are swapped inside) and the reverse, with every position of
+    # the candidates valid (read as a view) and then with ragged masks.
+    tester = FineScoreTester(num_a=num_a, num_b=num_b, t=7, v=5, dim=16, seed=6, ragged=True)
+    a, ma, wa, b, _, wb = tester.args()
+    for mb in (torch.ones_like(tester.mb), tester.mb):
+        naive = naive_fine_grained_similarity(a, ma, wa, b, mb, wb)
+        got = fine_grained_similarity(a, ma, wa, b, mb, wb)
+        assert got.shape == (num_a, num_b)
+        torch.testing.assert_close(got, naive, atol=1e-6, rtol=0)
+    grad_out = torch.randn(num_a, num_b, generator=torch.Generator().manual_seed(7))
+
+    def gradients(scorer):
+        leaves = [x.clone().requires_grad_(True) for x in (a, wa, b, wb)]
+        scorer(leaves[0], ma, leaves[1], leaves[2], tester.mb, leaves[3]).backward(grad_out)
+        return [x.grad for x in leaves]
+
+    for got, want in zip(gradients(fine_grained_similarity), gradients(naive_fine_grained_similarity)):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("block", [1, 30, 400, None])
 def test_blocked_gradients_equal_naive(block):
     tester = FineScoreTester(num_a=7, num_b=8, t=5, v=4, dim=16, seed=3, ragged=True)

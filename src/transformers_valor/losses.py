@@ -56,18 +56,28 @@ def _masked_block(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (feats * mask[:, :, None]).transpose(0, 1).reshape(-1, feats.shape[-1])
 
 
+def _masked_rows(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """
+    `(n, positions, dim)` features as the `(n * positions, dim)` matrix of the other GEMM side, in their own
+    layout: a view (no copy) on a CPU when no position is masked, else masked positions as zero vectors.
+    """
+    if feats.device.type == "cpu" and bool(mask.all()):
+        return feats.reshape(-1, feats.shape[-1])
+    return (feats * mask[:, :, None]).reshape(-1, feats.shape[-1])
+
+
 def _fine_block(block_a, weights_a, block_b, weights_b):
     """
-    Fine-grained scores `(rows, cols)` of one block: one `(t*rows, dim) @ (dim, v*cols)` GEMM of two
-    `_masked_block`s, then both max reductions over views of its output. `weights_a` is `(t, rows)`, `weights_b`
-    `(v, cols)`.
+    Fine-grained scores `(rows, cols)` of one block: one `(rows*t, dim) @ (dim, v*cols)` GEMM of a `_masked_rows`
+    and a `_masked_block`, then both max reductions over views of its output. `weights_a` is `(rows, t)`,
+    `weights_b` `(v, cols)`.
     """
-    (t, rows), (v, cols) = weights_a.shape, weights_b.shape
-    # Positions outermost on both sides: both maxima reduce strided axes over contiguous runs of columns
-    # (vectorised), and the weighted sums are plain broadcasts.
-    sim = (block_a @ block_b.t()).view(t, rows, v, cols)
-    a_to_b = (sim.amax(dim=2) * weights_a[:, :, None]).sum(dim=0)  # (t, rows, cols) -> (rows, cols)
-    b_to_a = (sim.amax(dim=0) * weights_b[None]).sum(dim=1)  # (rows, v, cols) -> (rows, cols)
+    (rows, t), (v, cols) = weights_a.shape, weights_b.shape
+    # B's positions outermost: both maxima reduce strided axes over contiguous runs of columns (vectorised),
+    # and the weighted sums are plain broadcasts.
+    sim = (block_a @ block_b.t()).view(rows, t, v, cols)
+    a_to_b = (sim.amax(dim=2) * weights_a[:, :, None]).sum(dim=1)  # (rows, t, cols) -> (rows, cols)
+    b_to_a = (sim.amax(dim=1) * weights_b[None]).sum(dim=1)  # (rows, v, cols) -> (rows, cols)
     return (a_to_b + b_to_a) / 2
 
 
@@ -129,27 +139,33 @@ def fine_grained_similarity(
     for name, mask, feats in (("mask_a", mask_a, feats_a), ("mask_b", mask_b, feats_b)):
         if mask.shape != feats.shape[:2]:
             raise ValueError(f"`{name}` has shape {tuple(mask.shape)}, expected {tuple(feats.shape[:2])}.")
+    num_a, t = feats_a.shape[:2]
+    num_b, v = feats_b.shape[:2]
+    if num_a * t < num_b * v:
+        # The score is symmetric in A and B; B is the side laid out again (one copy), so make it the smaller
+        # one. A gallery re-rank (one query against thousands of candidates) then copies only the query.
+        return fine_grained_similarity(
+            feats_b, mask_b, weight_logits_b, feats_a, mask_a, weight_logits_a, max_block_elements
+        ).t()
     mask_a = mask_a.to(feats_a.dtype)
     mask_b = mask_b.to(feats_b.dtype)
     weights_a = masked_softmax(weight_logits_a, mask_a)
     weights_b = masked_softmax(weight_logits_b, mask_b)
-    num_a, t = feats_a.shape[:2]
-    num_b, v = feats_b.shape[:2]
     budget = num_a * num_b * t * v if max_block_elements is None else max_block_elements
     if feats_a.device.type == "cpu":
         budget = min(budget, CPU_BLOCK_ELEMENTS)
     rows, cols = _block_shape(num_a, t, num_b, v, budget)
-    # B's blocks are laid out once (one copy of B), A's once per row of blocks: the copies cost as much per
-    # element as the GEMM per ~100 FLOP, so they must not be repeated for every block.
+    # B's blocks are laid out once (one copy of B), A's are views or one masked copy per row of blocks: the
+    # copies cost as much per element as the GEMM per ~100 FLOP, so they must not be repeated for every block.
     col_starts = range(0, num_b, cols)
     blocks_b = [_masked_block(feats_b[c : c + cols], mask_b[c : c + cols]) for c in col_starts]
-    weights_a, weights_b = weights_a.t(), weights_b.t()  # (t, num_a), (v, num_b)
+    weights_b = weights_b.t()  # (v, num_b)
     out = feats_a.new_empty(num_a, num_b)
     for r in range(0, num_a, rows):
-        block_a = _masked_block(feats_a[r : r + rows], mask_a[r : r + rows])
+        block_a = _masked_rows(feats_a[r : r + rows], mask_a[r : r + rows])
         for c, block_b in zip(col_starts, blocks_b):
             out[r : r + rows, c : c + cols] = _fine_block(
-                block_a, weights_a[:, r : r + rows], block_b, weights_b[:, c : c + cols]
+                block_a, weights_a[r : r + rows], block_b, weights_b[:, c : c + cols]
             )
     return out
 

@@ -268,19 +268,27 @@ class VideoGallery:
         return torch.searchsorted(starts, rows, right=True) - 1
 
     def _gather(self, modality: str, rows: torch.Tensor, fields: Sequence[str]) -> dict[str, torch.Tensor]:
+        # Rows sorted, so each shard's rows are one run; each run is selected straight into its place in
+        # preallocated outputs (one index_select per shard and field, no concatenation).
         order = torch.argsort(rows, stable=True)
         ordered = rows[order]
-        counts = torch.bincount(self._locate(ordered), minlength=len(self._shards)).tolist()
-        pieces: dict[str, list[torch.Tensor]] = {}
+        shard_of = self._locate(ordered)
+        local = ordered - torch.tensor(self._starts, dtype=torch.long)[shard_of]
+        counts = torch.bincount(shard_of, minlength=len(self._shards)).tolist()
+        touched = [s for s, count in enumerate(counts) if count] or [0]
+        layout = self._shards[touched[0]].tensors
+        keys = {name: f"{modality}.{name}" for name in fields if f"{modality}.{name}" in layout}
+        parts = {
+            name: layout[key].new_empty((rows.numel(), *layout[key].shape[1:])) for name, key in keys.items()
+        }
         start = 0
-        for s, count in enumerate(counts):
-            local = ordered[start : start + count] - self._starts[s]
-            start += count
-            for name in fields if count else ():
-                key = f"{modality}.{name}"
-                if key in self._shards[s].tensors:
-                    pieces.setdefault(name, []).append(self._shards[s].tensors[key].index_select(0, local))
-        parts = {name: torch.cat(values) for name, values in pieces.items()}
+        for s in touched:
+            stop, tensors = start + counts[s], self._shards[s].tensors
+            for name, key in keys.items():
+                if key not in tensors:
+                    raise ValueError(f"Gallery shard {self._shards[s].name} has no {key!r} (its first has).")
+                torch.index_select(tensors[key], 0, local[start:stop], out=parts[name][start:stop])
+            start = stop
         if not torch.equal(ordered, rows):  # back to the order asked for
             inverse = torch.empty_like(order)
             inverse[order] = torch.arange(order.numel())
