@@ -59,9 +59,10 @@ def _masked_block(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def _masked_rows(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """
     `(n, positions, dim)` features as the `(n * positions, dim)` matrix of the other GEMM side, in their own
-    layout: a view (no copy) on a CPU when no position is masked, else masked positions as zero vectors.
+    layout: a view (no copy) on a CPU when no position is masked, else masked positions as zero vectors. The
+    check reads the mask's values, so compiled graphs (and accelerators, where it would synchronise) always mask.
     """
-    if feats.device.type == "cpu" and bool(mask.all()):
+    if feats.device.type == "cpu" and not torch.compiler.is_compiling() and bool(mask.all()):
         return feats.reshape(-1, feats.shape[-1])
     return (feats * mask[:, :, None]).reshape(-1, feats.shape[-1])
 
