@@ -172,6 +172,11 @@ def test_demo_and_benchmark_paths_give_the_same_retrieval_numbers(
     assert [row["id"] for row in results["rows"]] == [f"test_0000{i}" for i in range(4)]
     assert {"BLEU-4", "CIDEr", "attr_color", "attr_all"} <= set(results["captioning"]["tva"])
     assert "text -> audio+video" in demo.format_table(results)
+    demo.write_results(tmp_path / "results.json", results, {"total": 12.34}, seed=3)
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["seed"] == 3 and written["timings_seconds"] == {"total": 12.3}
+    assert written["captioning"]["tva"]["attr_all"] == results["captioning"]["tva"]["attr_all"]
+    assert written["stage0"] is None and not list(tmp_path.glob(".results.json*"))
 
     # The benchmark path on the same clips with the same queries (the caption each clip was rendered with).
     queries = tiny_test_split(

@@ -13,6 +13,8 @@ from transformers_valor.training.unimodal import (
     CorpusArguments,
     TowerTrainingArguments,
     UnimodalConfig,
+    VideoAttributeClassifier,
+    VideoTowerArguments,
     load_unimodal_config,
     run_unimodal_pretraining,
     train_steps,
@@ -39,7 +41,7 @@ def tiny_unimodal_config(steps: int = 2) -> UnimodalConfig:
     """Three tiny towers trained `steps` steps each on 12 clips (4 held out)."""
     return UnimodalConfig(
         corpus=CorpusArguments(num_clips=12, num_heldout=4, motion_trail=1),
-        video=TowerTrainingArguments(config=TINY_SWIN, steps=steps, batch_size=4),
+        video=VideoTowerArguments(config=TINY_SWIN, steps=steps, batch_size=4, head_pooling="max"),
         audio=TowerTrainingArguments(config=TINY_AST, steps=steps, batch_size=4),
         text=TowerTrainingArguments(config=TINY_BERT, steps=steps, batch_size=8),
     )
@@ -136,3 +138,26 @@ def test_demo_stage0_config_loads_and_overrides_are_checked():
 def test_corpus_arguments_need_training_clips():
     with pytest.raises(ValueError, match="num_clips"):
         CorpusArguments(num_clips=10, num_heldout=10)
+
+
+def test_video_heads_read_the_slot_mean_or_the_slot_maximum():
+    from transformers_valor import ValorVideoSwinConfig
+
+    torch.manual_seed(0)
+    mean_heads = VideoAttributeClassifier(ValorVideoSwinConfig(**TINY_SWIN)).eval()
+    max_heads = VideoAttributeClassifier(ValorVideoSwinConfig(**TINY_SWIN), pooling="max").eval()
+    max_heads.load_state_dict(mean_heads.state_dict())
+    pixels = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        tokens = mean_heads.tower(pixels).last_hidden_state  # (B, T', tokens, C)
+        head = mean_heads.heads["shape"]
+        torch.testing.assert_close(mean_heads(pixels)["shape"], head(tokens.mean(dim=2)))
+        torch.testing.assert_close(max_heads(pixels)["shape"], head(tokens.amax(dim=2)))
+    with pytest.raises(ValueError, match="pooling"):
+        VideoAttributeClassifier(ValorVideoSwinConfig(**TINY_SWIN), pooling="attention")
+    with pytest.raises(ValueError, match="head_pooling"):
+        load_unimodal_config(
+            REPO / "examples" / "configs" / "demo_unimodal.yaml", ["video.head_pooling=median"]
+        )
+    with pytest.raises(ValueError, match="head_pooling"):
+        load_unimodal_config(REPO / "examples" / "configs" / "demo_unimodal.yaml", ["audio.head_pooling=max"])

@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -85,6 +86,22 @@ class TowerTrainingArguments:
 
 
 @dataclass
+class VideoTowerArguments(TowerTrainingArguments):
+    """
+    The video section of the stage-0 YAML: a [`TowerTrainingArguments`] plus how the attribute heads read
+    the tower.
+
+    Args:
+        head_pooling (`"mean"` or `"max"`, defaults to `"mean"`): the heads classify every temporal slot from the
+            mean (`pooler_output`, what MGA scores) or the maximum of its spatial tokens. With `"max"` the gradient
+            reaches the few tokens a small shape covers instead of being spread over the background; the saved
+            tower is the same class either way (the heads are dropped).
+    """
+
+    head_pooling: Literal["mean", "max"] = "mean"
+
+
+@dataclass
 class CorpusArguments:
     """
     The stage-0 clips (the YAML's `corpus:` section).
@@ -110,7 +127,7 @@ class UnimodalConfig:
     """The stage-0 YAML (`examples/configs/demo_unimodal.yaml`): `corpus`, `video`, `audio`, `text`."""
 
     corpus: CorpusArguments = field(default_factory=CorpusArguments)
-    video: TowerTrainingArguments = field(default_factory=TowerTrainingArguments)
+    video: VideoTowerArguments = field(default_factory=VideoTowerArguments)
     audio: TowerTrainingArguments = field(default_factory=TowerTrainingArguments)
     text: TowerTrainingArguments = field(default_factory=TowerTrainingArguments)
 
@@ -130,10 +147,8 @@ def load_unimodal_config(path: str | os.PathLike, overrides: list[str] | None = 
         raise ValueError(f"{path}: unknown section(s) {unknown}; expected corpus, video, audio, text.")
     return UnimodalConfig(
         corpus=_build(CorpusArguments, values.get("corpus"), "corpus"),
-        **{
-            tower: _build(TowerTrainingArguments, values.get(tower), tower)
-            for tower in ("video", "audio", "text")
-        },
+        video=_build(VideoTowerArguments, values.get("video"), "video"),
+        **{tower: _build(TowerTrainingArguments, values.get(tower), tower) for tower in ("audio", "text")},
     )
 
 
@@ -184,12 +199,21 @@ def _label_tensor(rows: list[dict[str, Any]], attribute: str, values: tuple[str,
 # ------------------------------------------------------------------------------------------------- video
 class VideoAttributeClassifier(nn.Module):
     """
-    A [`ValorVideoSwinModel`] with one linear head per visual attribute, applied to every temporal slot's token
-    mean (`pooler_output`): each slot must name the attributes, the per-frame features MGA scores.
+    A [`ValorVideoSwinModel`] with one linear head per visual attribute, applied to every temporal slot: each
+    slot must name the attributes. `pooling="mean"` classifies the slot's token mean (`pooler_output`, the
+    per-frame feature MGA scores), `"max"` the maximum over its spatial tokens.
     """
 
-    def __init__(self, config: ValorVideoSwinConfig, labels: dict[str, tuple[str, ...]] = VISUAL_LABELS):
+    def __init__(
+        self,
+        config: ValorVideoSwinConfig,
+        labels: dict[str, tuple[str, ...]] = VISUAL_LABELS,
+        pooling: Literal["mean", "max"] = "mean",
+    ):
         super().__init__()
+        if pooling not in ("mean", "max"):
+            raise ValueError(f"`pooling` must be 'mean' or 'max', got {pooling!r}.")
+        self.pooling = pooling
         self.tower = ValorVideoSwinModel(config)
         self.heads = nn.ModuleDict(
             {name: nn.Linear(config.hidden_size, len(v)) for name, v in labels.items()}
@@ -197,7 +221,11 @@ class VideoAttributeClassifier(nn.Module):
 
     def forward(self, pixel_values_videos: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits `(batch, temporal_slots, classes)` per attribute."""
-        pooled = self.tower(pixel_values_videos, return_dict=True).pooler_output  # (B, T', C)
+        output = self.tower(pixel_values_videos, return_dict=True)
+        if self.pooling == "max":
+            pooled = output.last_hidden_state.amax(dim=2)  # (B, T', tokens, C) -> (B, T', C)
+        else:
+            pooled = output.pooler_output  # (B, T', C)
         return {name: head(pooled) for name, head in self.heads.items()}
 
 
@@ -209,14 +237,14 @@ def _slot_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def train_video_tower(
     pixels: torch.Tensor,
     rows: list[dict[str, Any]],
-    args: TowerTrainingArguments,
+    args: VideoTowerArguments,
     num_heldout: int,
     seed: int,
     log,
 ) -> tuple[ValorVideoSwinModel, dict[str, float]]:
     """Train the Video Swin attribute classifier; returns the tower and its held-out accuracy per attribute."""
     torch.manual_seed(seed)
-    model = VideoAttributeClassifier(ValorVideoSwinConfig(**args.config))
+    model = VideoAttributeClassifier(ValorVideoSwinConfig(**args.config), pooling=args.head_pooling)
     labels = {name: _label_tensor(rows, name, values) for name, values in VISUAL_LABELS.items()}
     num_train = len(rows) - num_heldout
 
@@ -373,13 +401,17 @@ def run_unimodal_pretraining(
 
             return write
 
+        seconds, start = {}, time.perf_counter()
         video, video_acc = train_video_tower(pixels, rows, config.video, heldout, seed, logger("video"))
+        seconds["video"], start = time.perf_counter() - start, time.perf_counter()
         audio, audio_acc = train_audio_tower(
             fbank, rows, config.audio, processor, heldout, seed, logger("audio")
         )
+        seconds["audio"], start = time.perf_counter() - start, time.perf_counter()
         texts = [caption for row in train_rows for caption in row["captions"]]
         heldout_texts = [row["caption"] for row in rows[len(train_rows) :]] or texts[:64]
         text, text_acc = train_text_tower(texts, heldout_texts, config.text, processor, seed, logger("text"))
+        seconds["text"] = time.perf_counter() - start
 
     folders = {
         "video": _save_atomic(out / "video", video),
@@ -388,6 +420,7 @@ def run_unimodal_pretraining(
     }
     summary = {"heldout_accuracy": {"video": video_acc, "audio": audio_acc, "text": text_acc}, "seed": seed}
     summary["num_clips"], summary["num_heldout"] = len(rows), heldout
+    summary["training_seconds"] = {tower: round(value, 1) for tower, value in seconds.items()}
     tmp = out / f".{SUMMARY_FILE}.partial"
     tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     os.replace(tmp, out / SUMMARY_FILE)
@@ -399,6 +432,7 @@ __all__ = [
     "TowerTrainingArguments",
     "UnimodalConfig",
     "VideoAttributeClassifier",
+    "VideoTowerArguments",
     "load_unimodal_config",
     "run_unimodal_pretraining",
     "train_audio_tower",
