@@ -226,6 +226,28 @@ def test_caption_loss_is_the_mean_over_labelled_tokens(objective):
     torch.testing.assert_close(loss, expected)
 
 
+
+@pytest.mark.parametrize("objective", ["unimlm", "lm"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_caption_loss_on_labelled_hidden_states_equals_the_full_head(objective, smoothing):
+    from transformers_valor.losses import CaptionLoss
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 11)
+    hidden = torch.randn(3, 5, 6, requires_grad=True)
+    labels = torch.randint(0, 11, (3, 5))
+    labels[0, :2] = labels[2, 4] = -100
+    loss = CaptionLoss(objective, label_smoothing=smoothing)
+    full = loss(head(hidden), labels)
+    (full_grad,) = torch.autograd.grad(full, hidden)
+    seen = []
+    partial = loss.from_hidden_states(lambda x: seen.append(x.shape) or head(x), hidden, labels)
+    (partial_grad,) = torch.autograd.grad(partial, hidden)
+    torch.testing.assert_close(partial, full)
+    torch.testing.assert_close(partial_grad, full_grad)
+    aligned = labels[:, 1:] if objective == "lm" else labels
+    assert seen == [torch.Size([int((aligned != -100).sum()), 6])]  # the head saw only the labelled positions
+
 def test_question_answering_loss_follows_the_reference():
     """`forward_qa_single`: per-answer mean of the token losses, then the mean over answers, or with tiled answers
     `sum(weight * answer loss) / number of questions`; the `lm` objective shifts the labels."""

@@ -10,7 +10,7 @@ forwards never gather; the training objectives decide (open_clip's `ClipLoss` wo
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -317,7 +317,25 @@ class CaptionLoss:
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The mean loss of `logits` `(batch, length, vocab)` against `labels` `(batch, length)`."""
-        loss_sum, count = caption_loss_sum(logits, labels, self.objective, self.label_smoothing)
+        return self._mean(*caption_loss_sum(logits, labels, self.objective, self.label_smoothing))
+
+    def from_hidden_states(
+        self, head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        The same loss as `self(head(hidden), labels)`, with the vocabulary head `head` applied only to the
+        labelled positions of `hidden` `(batch, length, width)`, as the reference does (`self.cls` on
+        `output[txt_labels != -1]`): the other positions' logits are never computed.
+        """
+        hidden, labels = _aligned_targets(hidden, labels, self.objective)
+        labelled = labels != -100
+        logits = head(hidden[labelled])
+        loss_sum = F.cross_entropy(
+            logits.float(), labels[labelled], reduction="sum", label_smoothing=self.label_smoothing
+        )
+        return self._mean(loss_sum, labelled.sum())
+
+    def _mean(self, loss_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         if self.normalize_across_processes and is_distributed():
             return loss_sum * dist.get_world_size() / all_reduce_sum(count).clamp(min=1)
         return loss_sum / count.clamp(min=1)

@@ -1769,7 +1769,8 @@ class ValorForPreTraining(ValorWithMLMHeadPreTrainedModel):
                 return_dict=True,
                 **flags,
             )
-            losses[f"{kind}_{group}"] = (loss(self.cls(text_output.last_hidden_state), labels), text_output)
+            group_loss = loss.from_hidden_states(self.cls, text_output.last_hidden_state, labels)
+            losses[f"{kind}_{group}"] = (group_loss, text_output)
         return losses
 
     def _combine(
