@@ -321,3 +321,32 @@ def test_unimodal_clips_are_balanced_deterministic_and_disjoint_from_the_corpus(
             assert not np.allclose(corpus_audio, audio[index])
     other_seed = render_clip_arrays(6, seed=5, fps=4, **fmt)[1]
     assert not np.array_equal(other_seed, frames)
+
+
+def test_compressed_frames_are_what_the_corpus_file_decodes_to(tmp_path):
+    from transformers_valor.data.synthetic import compress_frames
+
+    rng = np.random.default_rng(2)
+    frames = render_frames("blue", "triangle", "up", rng, motion_trail=3)
+    path = tmp_path / "clip.mp4"
+    write_clip(path, frames, render_audio("clicks", "loud", rng), FPS, SAMPLE_RATE)
+    compressed = compress_frames(frames, FPS)
+    assert compressed.shape == frames.shape and compressed.dtype == np.uint8
+    # The same encoder settings as the file, decoded by decord: equal up to the decoders' colour conversion.
+    assert np.abs(compressed.astype(int) - _frames(path).astype(int)).mean() < 0.5
+    assert (
+        np.abs(compressed.astype(int) - frames.astype(int)).mean() > 0.5
+    )  # chroma subsampling, quantisation
+
+
+def test_unimodal_clips_can_go_through_the_corpus_video_encoding():
+    from transformers_valor.data.synthetic import compress_frames, render_clip_arrays
+
+    fmt = dict(image_size=32, fps=4, duration=1.0, sample_rate=8000, motion_trail=1)
+    rows, raw, audio = render_clip_arrays(3, seed=4, **fmt)
+    same_rows, compressed, same_audio = render_clip_arrays(3, seed=4, video_codec="libx264", **fmt)
+    assert same_rows == rows and np.array_equal(same_audio, audio) and compressed.shape == raw.shape
+    # All clips in one stream with a keyframe per second, close to encoding each clip alone.
+    alone = np.stack([compress_frames(clip, 4) for clip in raw])
+    assert np.abs(compressed.astype(int) - alone.astype(int)).mean() < 1.0
+    assert not np.array_equal(compressed, raw)

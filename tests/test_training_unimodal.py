@@ -41,7 +41,9 @@ def tiny_unimodal_config(steps: int = 2) -> UnimodalConfig:
     """Three tiny towers trained `steps` steps each on 12 clips (4 held out)."""
     return UnimodalConfig(
         corpus=CorpusArguments(num_clips=12, num_heldout=4, motion_trail=1),
-        video=VideoTowerArguments(config=TINY_SWIN, steps=steps, batch_size=4, head_pooling="max"),
+        video=VideoTowerArguments(
+            config=TINY_SWIN, steps=steps, batch_size=4, head_pooling="max", horizontal_flip=True
+        ),
         audio=TowerTrainingArguments(config=TINY_AST, steps=steps, batch_size=4),
         text=TowerTrainingArguments(config=TINY_BERT, steps=steps, batch_size=8),
     )
@@ -161,3 +163,26 @@ def test_video_heads_read_the_slot_mean_or_the_slot_maximum():
         )
     with pytest.raises(ValueError, match="head_pooling"):
         load_unimodal_config(REPO / "examples" / "configs" / "demo_unimodal.yaml", ["audio.head_pooling=max"])
+
+
+def test_mirrored_batches_flip_half_the_clips_and_swap_left_and_right():
+    from transformers_valor.data.synthetic import COLORS, DIRECTIONS, SHAPES
+    from transformers_valor.training.unimodal import _MirroredBatches
+
+    pixels = torch.randn(64, 4, 3, 8, 8)
+    labels = {
+        "color": torch.randint(len(COLORS), (64,)),
+        "shape": torch.randint(len(SHAPES), (64,)),
+        "direction": torch.arange(64) % len(DIRECTIONS),
+    }
+    mirrored, targets = _MirroredBatches(seed=0)(pixels, labels)
+    flipped = (mirrored != pixels).flatten(1).any(dim=1)
+    assert 16 < int(flipped.sum()) < 48
+    torch.testing.assert_close(mirrored[flipped], pixels[flipped].flip(-1), rtol=0, atol=0)
+    swap = {"left": "right", "right": "left"}
+    names = [DIRECTIONS[i] for i in labels["direction"].tolist()]
+    expected = [
+        DIRECTIONS.index(swap.get(n, n)) if f else DIRECTIONS.index(n) for n, f in zip(names, flipped)
+    ]
+    assert targets["direction"].tolist() == expected
+    assert torch.equal(targets["shape"], labels["shape"]) and torch.equal(targets["color"], labels["color"])

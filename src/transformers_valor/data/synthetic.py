@@ -57,6 +57,7 @@ __all__ = [
     "render_audio",
     "render_clip_arrays",
     "render_frames",
+    "compress_frames",
     "select_video_codec",
     "write_clip",
 ]
@@ -432,27 +433,15 @@ def write_clip(
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    num_frames, height, width, _ = frames.shape
+    _, height, width, _ = frames.shape
     try:
         with av.open(str(tmp), mode="w", format="mp4") as container:
-            # Single-threaded encoders and a short GOP: byte-stable output and fast seeking.
-            options = {"g": str(max(1, fps))}
-            if video_codec == "libx264":
-                options.update({"preset": "ultrafast", "crf": "20", "threads": "1"})
-            video = container.add_stream(video_codec, rate=Fraction(fps), options=options)
-            video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-            video.codec_context.thread_count = 1
-            if video_codec != "libx264":
-                video.bit_rate = 400_000
+            video = _add_video_stream(container, video_codec, fps, width, height)
             # The "fast" coder keeps tones clean at 32 kbit/s; the default one overshoots whistles by ~70%.
             sound = container.add_stream("aac", rate=sample_rate, options={"aac_coder": "fast"})
             sound.layout = "mono"
             sound.bit_rate = 32_000
-            for index in range(num_frames):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[index]), format="rgb24")
-                frame.pts = index
-                container.mux(video.encode(frame))
-            container.mux(video.encode())
+            _mux_frames(container, video, frames)
             chunk = av.AudioFrame.from_ndarray(
                 np.ascontiguousarray(audio, dtype=np.float32)[None], format="fltp", layout="mono"
             )
@@ -464,6 +453,61 @@ def write_clip(
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _add_video_stream(container, video_codec: str, fps: int, width: int, height: int):
+    """The corpus's video stream: yuv420p, a GOP of one second, libx264 at CRF 20 (others at 400 kbit/s)."""
+    # Single-threaded encoders and a short GOP: byte-stable output and fast seeking.
+    options = {"g": str(max(1, fps))}
+    if video_codec == "libx264":
+        options.update({"preset": "ultrafast", "crf": "20", "threads": "1"})
+    video = container.add_stream(video_codec, rate=Fraction(fps), options=options)
+    video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+    video.codec_context.thread_count = 1
+    if video_codec != "libx264":
+        video.bit_rate = 400_000
+    return video
+
+
+def _mux_frames(container, video, frames: np.ndarray) -> None:
+    import av
+
+    for index in range(len(frames)):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[index]), format="rgb24")
+        frame.pts = index
+        container.mux(video.encode(frame))
+    container.mux(video.encode())
+
+
+def compress_frames(frames: np.ndarray, fps: int, video_codec: str = "libx264") -> np.ndarray:
+    """
+    `frames` as a viewer of the corpus's .mp4 files sees them: encoded in memory with the corpus's video settings
+    (`write_clip`: yuv420p, i.e. chroma at half resolution, and H.264 at CRF 20) and decoded back to RGB.
+
+    Args:
+        frames: `uint8` RGB frames, `(T, H, W, 3)` with even `H` and `W`.
+        fps: frames per second.
+        video_codec: encoder name, see `select_video_codec`.
+
+    Returns:
+        `uint8` RGB frames of the same shape.
+    """
+    import io
+
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        video = _add_video_stream(container, video_codec, fps, frames.shape[2], frames.shape[1])
+        _mux_frames(container, video, frames)
+    buffer.seek(0)
+    with av.open(buffer, mode="r") as container:
+        decoded = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    if decoded.shape != frames.shape:
+        raise RuntimeError(
+            f"{video_codec} round trip returned frames {decoded.shape}, expected {frames.shape}."
+        )
+    return decoded
 
 
 # --- corpus -----------------------------------------------------------------------------------------------
@@ -566,8 +610,9 @@ def render_clip_arrays(
     duration: float = 2.0,
     sample_rate: int = 16000,
     motion_trail: int = 0,
+    video_codec: str | None = None,
 ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
-    """Render clips straight to arrays (no .mp4 round trip), for unimodal pretraining.
+    """Render clips straight to arrays (no .mp4 file), for unimodal pretraining.
 
     The clips come from a random stream of their own (`UNIMODAL_STREAM`): with any seed they are disjoint from
     the train and test clips `generate_corpus` writes (other positions, speeds, shades, backgrounds, onsets),
@@ -577,6 +622,8 @@ def render_clip_arrays(
         count: number of clips.
         seed: seed of everything random.
         image_size, fps, duration, sample_rate, motion_trail: as in `generate_corpus`.
+        video_codec: when given, the frames go through the corpus's video encoding and back (`compress_frames`),
+            so that they look like the decoded frames of `generate_corpus`'s files; `None` keeps the raw render.
 
     Returns:
         `(rows, frames, audio)`: the attribute rows (keys `id`, `caption`, `captions`, `color`, `shape`,
@@ -605,7 +652,13 @@ def render_clip_arrays(
         rows.append(row)
         frames.append(clip_frames)
         audio.append(clip_audio.astype(np.float32))
-    return rows, np.stack(frames), np.stack(audio)
+    frames = np.stack(frames)
+    if video_codec is not None:
+        # One stream for all clips (a keyframe every second, as in the corpus's files): one encoder, not one each.
+        frames = compress_frames(frames.reshape(-1, *frames.shape[2:]), fps, video_codec).reshape(
+            frames.shape
+        )
+    return rows, frames, np.stack(audio)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from ..configuration_valor import ValorVideoSwinConfig
-from ..data.synthetic import COLORS, DIRECTIONS, SHAPES, SOUNDS, render_clip_arrays
+from ..data.synthetic import COLORS, DIRECTIONS, SHAPES, SOUNDS, render_clip_arrays, select_video_codec
 from ..modeling_video_swin import ValorVideoSwinModel
 from ..processing_valor import ValorProcessor
 from .config import OptimizerArguments, _build, _parse_yaml, apply_overrides
@@ -96,9 +96,13 @@ class VideoTowerArguments(TowerTrainingArguments):
             mean (`pooler_output`, what MGA scores) or the maximum of its spatial tokens. With `"max"` the gradient
             reaches the few tokens a small shape covers instead of being spread over the background; the saved
             tower is the same class either way (the heads are dropped).
+        horizontal_flip (`bool`, defaults to `False`): mirror a random half of every batch left to right, with
+            `left` and `right` swapped in its direction labels. Colours and the three shapes (the triangle points
+            up) are unchanged by the mirror, so the labels stay exact while the clips seen double.
     """
 
     head_pooling: Literal["mean", "max"] = "mean"
+    horizontal_flip: bool = False
 
 
 @dataclass
@@ -111,11 +115,15 @@ class CorpusArguments:
             templates, are the text tower's corpus).
         num_heldout (`int`, defaults to 200): of those, clips kept out of training to measure each classifier.
         motion_trail (`int`, defaults to 3): as the corpus's `--motion_trail`.
+        compress_video (`bool`, defaults to `True`): pass the frames through the corpus's video encoding
+            (`synthetic.compress_frames`: yuv420p and H.264 with `select_video_codec`), so that the tower learns
+            on frames like the decoded ones it later sees; `False` trains on the raw renders.
     """
 
     num_clips: int = 1200
     num_heldout: int = 200
     motion_trail: int = 3
+    compress_video: bool = True
 
     def __post_init__(self):
         require_at_least("corpus", {"num_heldout": self.num_heldout, "motion_trail": self.motion_trail}, 0)
@@ -234,6 +242,21 @@ def _slot_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.flatten(0, 1), labels.repeat_interleave(logits.shape[1]))
 
 
+class _MirroredBatches:
+    """Mirror a seeded random half of each batch left to right, swapping the `left` / `right` labels."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed + 17)
+        swap = {"left": "right", "right": "left"}
+        self.direction_map = torch.tensor([DIRECTIONS.index(swap.get(d, d)) for d in DIRECTIONS])
+
+    def __call__(self, pixels: torch.Tensor, labels: dict[str, torch.Tensor]):
+        flip = torch.rand(len(pixels), generator=self.generator) < 0.5
+        pixels = torch.where(flip[:, None, None, None, None], pixels.flip(-1), pixels)
+        direction = labels["direction"]
+        return pixels, {**labels, "direction": torch.where(flip, self.direction_map[direction], direction)}
+
+
 def train_video_tower(
     pixels: torch.Tensor,
     rows: list[dict[str, Any]],
@@ -248,9 +271,14 @@ def train_video_tower(
     labels = {name: _label_tensor(rows, name, values) for name, values in VISUAL_LABELS.items()}
     num_train = len(rows) - num_heldout
 
+    mirror = _MirroredBatches(seed) if args.horizontal_flip else None
+
     def batch_loss(indices):
-        logits = model(pixels[indices])
-        return sum(_slot_loss(logits[name], labels[name][indices]) for name in logits) / len(logits)
+        inputs, targets = pixels[indices], {name: values[indices] for name, values in labels.items()}
+        if mirror is not None:
+            inputs, targets = mirror(inputs, targets)
+        logits = model(inputs)
+        return sum(_slot_loss(logits[name], targets[name]) for name in logits) / len(logits)
 
     train_steps(model, batch_loss, num_train, args, seed, log)
     with torch.no_grad():
@@ -359,6 +387,7 @@ def render_inputs(config: CorpusArguments, processor: ValorProcessor, seed: int)
         image_size=video_processor.size["height"],
         sample_rate=features.sampling_rate,
         motion_trail=config.motion_trail,
+        video_codec=select_video_codec() if config.compress_video else None,
     )
     pixels = video_processor(list(frames), sampling="middle", return_tensors="pt")["pixel_values_videos"]
     fbank = features(list(audio), sampling_rate=features.sampling_rate, num_clips=1, sampling="middle")
