@@ -83,8 +83,8 @@ def test_blocked_equals_naive(block):
 
 def test_cpu_cache_blocks_equal_naive():
     # More similarity values than one CPU block, at the default bound: the cache-sized blocks are used.
-    tester = FineScoreTester(num_a=70, num_b=90, t=32, v=10, dim=32, seed=2, ragged=True)
-    assert 70 * 90 * 32 * 10 > CPU_BLOCK_ELEMENTS
+    tester = FineScoreTester(num_a=140, num_b=100, t=32, v=10, dim=32, seed=2, ragged=True)
+    assert 140 * 100 * 32 * 10 > CPU_BLOCK_ELEMENTS
     naive = naive_fine_grained_similarity(*tester.args())
     torch.testing.assert_close(fine_grained_similarity(*tester.args()), naive, atol=1e-6, rtol=0)
 
@@ -137,7 +137,7 @@ def test_bfloat16_stays_bfloat16():
 
 
 @pytest.mark.parametrize("t,v", [(32, 10), (1, 1), (7, 300)])
-@pytest.mark.parametrize("budget", [1, 100, 2**16, 2**20])
+@pytest.mark.parametrize("budget", [1, 100, 2**16, 2**20, 2**22])
 def test_block_shape_respects_the_bound(t, v, budget):
     for num_a, num_b in [(1, 1), (3, 5000), (5000, 3), (8000, 8000)]:
         rows, cols = _block_shape(num_a, t, num_b, v, budget)
@@ -226,7 +226,6 @@ def test_caption_loss_is_the_mean_over_labelled_tokens(objective):
     torch.testing.assert_close(loss, expected)
 
 
-
 @pytest.mark.parametrize("objective", ["unimlm", "lm"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_caption_loss_on_labelled_hidden_states_equals_the_full_head(objective, smoothing):
@@ -247,6 +246,7 @@ def test_caption_loss_on_labelled_hidden_states_equals_the_full_head(objective, 
     torch.testing.assert_close(partial_grad, full_grad)
     aligned = labels[:, 1:] if objective == "lm" else labels
     assert seen == [torch.Size([int((aligned != -100).sum()), 6])]  # the head saw only the labelled positions
+
 
 def test_question_answering_loss_follows_the_reference():
     """`forward_qa_single`: per-answer mean of the token losses, then the mean over answers, or with tiled answers

@@ -18,10 +18,11 @@ import torch.nn.functional as F
 
 # Upper bound on the elements of one (rows x cols x t x v) similarity block; 2**26 float32 values = 256 MiB.
 DEFAULT_MAX_BLOCK_ELEMENTS = 2**26
-# Block size on a CPU: 2**20 float32 similarity values (4 MiB) stay in the last-level cache between the GEMM that
-# writes them and the max reductions that read them, while both GEMM sides stay about 1,000 wide (near-peak GEMM).
-# Accelerators take the largest block allowed (fewer, larger kernels).
-CPU_BLOCK_ELEMENTS = 2**20
+# Block size on a CPU: 2**22 float32 similarity values (16 MiB). The two GEMM sides are then about 2,000 wide, where
+# MKL's GEMM runs near its 4096^3 rate on the 2-core CPU; at 2**20 (about 1,000 wide, 4 MiB) the GEMM itself ran at
+# 58-81 % of that rate; the max reductions took 3 % of the GEMM's time at 2**20 and 12 % at 2**22
+# (benchmarks/results/cpu_scorer.txt). Accelerators take the largest block allowed (fewer, larger kernels).
+CPU_BLOCK_ELEMENTS = 2**22
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
