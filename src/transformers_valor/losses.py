@@ -330,11 +330,9 @@ class CaptionLoss:
         """
         hidden, labels = _aligned_targets(hidden, labels, self.objective)
         labelled = labels != -100
+        # The selected positions are aligned already: "unimlm" scores them as they are (no second shift).
         logits = head(hidden[labelled])
-        loss_sum = F.cross_entropy(
-            logits.float(), labels[labelled], reduction="sum", label_smoothing=self.label_smoothing
-        )
-        return self._mean(loss_sum, labelled.sum())
+        return self._mean(*caption_loss_sum(logits, labels[labelled], "unimlm", self.label_smoothing))
 
     def _mean(self, loss_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         if self.normalize_across_processes and is_distributed():
