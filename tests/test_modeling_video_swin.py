@@ -332,3 +332,22 @@ def test_window_attention_matches_naive_loop(tester, size):
                 model.set_attn_implementation(implementation)
                 expected = naive_block_forward(module, hidden)
                 torch.testing.assert_close(module(hidden, **kwargs)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_stages", [-1, 0, 1, 2])
+def test_freeze_stages_stops_gradients_below_the_first_trainable_stage(tester, num_stages):
+    model = tester.create_model().train()
+    model.freeze_stages(num_stages)
+    model(tester.prepare_inputs()).last_hidden_state.pow(2).mean().backward()
+    frozen_roots = [] if num_stages < 0 else ["patch_embed", *(f"layers.{i}." for i in range(num_stages))]
+    for name, param in model.named_parameters():
+        frozen = any(name.startswith(root) for root in frozen_roots)
+        assert param.requires_grad is not frozen, name
+        assert (param.grad is None) is frozen, name
+    assert model.training and all(module.training for module in model.modules())
+
+
+def test_freeze_stages_rejects_a_stage_count_the_model_lacks(tester):
+    model = tester.create_model()
+    with pytest.raises(ValueError, match=f"between -1 and the number of stages \\({len(model.layers)}\\)"):
+        model.freeze_stages(len(model.layers) + 1)

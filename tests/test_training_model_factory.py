@@ -102,3 +102,39 @@ def test_initialisation_from_pretrained_single_modality_encoders(tiny_processor_
     assert valor.audio_model.embeddings.position_embeddings.shape[1] == 1 + (32 // 16) * (64 // 16)
     first_swin = next(iter(swin.state_dict().items()))
     assert torch.equal(valor.vision_model.state_dict()[first_swin[0]], first_swin[1])
+
+
+def test_vision_frozen_stages_freezes_the_video_swin_layers(tiny_processor_dir):
+    processor = ValorProcessor.from_pretrained(tiny_processor_dir)
+    args = ModelArguments(
+        processor=str(tiny_processor_dir), config=tiny_model_config(), vision_frozen_stages=1
+    )
+    model = build_model(args, processor)
+    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
+    assert frozen and all(
+        name.startswith(("valor.vision_model.patch_embed.", "valor.vision_model.layers.0.")) for name in frozen
+    )
+    assert any(name.startswith("valor.vision_model.layers.1.") for name, _ in model.named_parameters())
+    assert "valor.vision_model.layers.1.blocks.0.attn.qkv.weight" not in frozen
+
+
+def test_vision_frozen_stages_needs_a_video_swin_tower(tiny_processor_dir):
+    processor = ValorProcessor.from_pretrained(tiny_processor_dir)
+    clip_config = {
+        "model_type": "clip_vision_model",
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "intermediate_size": 37,
+        "image_size": 32,
+        "patch_size": 16,
+    }
+    config = {**tiny_model_config(), "vision_config": clip_config}
+    args = ModelArguments(processor=str(tiny_processor_dir), config=config, vision_frozen_stages=0)
+    with pytest.raises(ValueError, match="applies to a Video Swin tower; this model's video tower is CLIP"):
+        build_model(args, processor)
+
+
+def test_vision_frozen_stages_below_minus_one_is_refused():
+    with pytest.raises(ValueError, match="`model.vision_frozen_stages` must be >= -1, got -2"):
+        ModelArguments(processor="p", vision_frozen_stages=-2)

@@ -551,6 +551,21 @@ class ValorVideoSwinModel(ValorVideoSwinPreTrainedModel):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
+    def freeze_stages(self, num_stages: int) -> None:
+        """
+        Stop gradients into the lowest layers, with Video Swin's `frozen_stages` numbering: `-1` freezes
+        nothing, `0` the patch embedding, `k > 0` the patch embedding and the first `k` stages (each with its
+        patch merging). Like `transformers`' `freeze_feature_encoder`, only `requires_grad` changes: no backward
+        runs below the first trainable layer, and dropout keeps the module's train/eval mode.
+        """
+        if not -1 <= num_stages <= len(self.layers):
+            raise ValueError(
+                f"`num_stages` must be between -1 and the number of stages ({len(self.layers)}), got {num_stages}."
+            )
+        frozen = [] if num_stages < 0 else [self.patch_embed, *self.layers[:num_stages]]
+        for module in frozen:
+            module.requires_grad_(False)
+
     def forward(
         self,
         pixel_values_videos: torch.Tensor,

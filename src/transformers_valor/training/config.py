@@ -57,6 +57,9 @@ class ModelArguments:
         audio_encoder (`str`, *optional*): an `ASTModel` checkpoint (distillation token dropped, position grid
             resized to the processor's clip geometry, which sets `audio_config.image_size`).
         gradient_checkpointing (`bool`, defaults to `False`): trade compute for memory.
+        vision_frozen_stages (`int`, defaults to -1): Video Swin's `frozen_stages` for the video tower: `0`
+            freezes its patch embedding, `k > 0` also its first `k` stages, `-1` nothing (see
+            [`ValorVideoSwinModel.freeze_stages`]). The frozen layers get no gradients and no optimizer state.
     """
 
     processor: str = ""
@@ -67,6 +70,12 @@ class ModelArguments:
     vision_encoder: str | None = None
     audio_encoder: str | None = None
     gradient_checkpointing: bool = False
+    vision_frozen_stages: int = -1
+
+    def __post_init__(self):
+        require(
+            self.vision_frozen_stages >= -1, "model.vision_frozen_stages", self.vision_frozen_stages, ">= -1"
+        )
 
 
 @dataclass

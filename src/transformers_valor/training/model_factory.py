@@ -15,6 +15,7 @@ from typing import Any
 from ..configuration_valor import ValorConfig, tokenize_task_prompts
 from ..conversion import init_from_encoders
 from ..modeling_valor import ValorForConditionalGeneration, ValorForPreTraining, ValorForRetrieval
+from ..modeling_video_swin import ValorVideoSwinModel
 from ..processing_valor import ValorProcessor
 from .config import ModelArguments
 
@@ -147,10 +148,23 @@ def build_model(args: ModelArguments, processor: ValorProcessor, model_class: ty
             model = model_class(ValorConfig(**config.to_dict()))
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if args.vision_frozen_stages >= 0:
+        freeze_video_stages(model, args.vision_frozen_stages)
     if model.config.task_prompt_ids is None:
         model.config.set_task_prompt_ids(processor.tokenizer)
     check_processor_matches_model(processor, model.config)
     return model
+
+
+def freeze_video_stages(model, num_stages: int) -> None:
+    """`model.valor.vision_model.freeze_stages(num_stages)`; a ValueError names the tower when it is not a Video Swin."""
+    tower = model.valor.vision_model
+    if not isinstance(tower, ValorVideoSwinModel):
+        raise ValueError(
+            f"`model.vision_frozen_stages` applies to a Video Swin tower; this model's video tower is "
+            f"{type(tower).__name__} (leave it at -1, or lower its rate with `optimizer.vision_learning_rate`)."
+        )
+    tower.freeze_stages(num_stages)
 
 
 def check_processor_matches_model(processor: ValorProcessor, config: ValorConfig) -> None:
