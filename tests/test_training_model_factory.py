@@ -112,7 +112,8 @@ def test_vision_frozen_stages_freezes_the_video_swin_layers(tiny_processor_dir):
     model = build_model(args, processor)
     frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
     assert frozen and all(
-        name.startswith(("valor.vision_model.patch_embed.", "valor.vision_model.layers.0.")) for name in frozen
+        name.startswith(("valor.vision_model.patch_embed.", "valor.vision_model.layers.0."))
+        for name in frozen
     )
     assert any(name.startswith("valor.vision_model.layers.1.") for name, _ in model.named_parameters())
     assert "valor.vision_model.layers.1.blocks.0.attn.qkv.weight" not in frozen
