@@ -12,9 +12,10 @@ What it prints, all from one run (the machine is shared: the load average is pri
    bytes / bandwidth; and the measured per-token time, `(time of 31 tokens - time of 1 token) / 30`, so that the
    first step, which also computes the cross-attention keys and values of the 650 media tokens, is left out.
 3. Videos per second at batch 1, 8 and 32, greedy and beam 3, 30 new tokens, KV cache on (eager PyTorch, fp32).
-4. The options, at batch 1 (per-token time) and batch 8 (videos/s): `compile_valor` (inductor) and int8 dynamic
-   quantization of the decoder's linear layers (`transformers_valor.quantization.quantize_dynamic_int8`, CPU only), each with its
-   token agreement with the fp32 eager captions of the same inputs.
+4. The options, at batch 1 (per-token time) and batch 8 (videos/s): oneDNN kernels for the decoder's linear layers
+   (`transformers_valor.onednn_linear.use_onednn_linear`, CPU only), `compile_valor` (inductor) and int8 dynamic
+   quantization of the decoder's linear layers (`transformers_valor.quantization.quantize_dynamic_int8`, CPU only),
+   each with its token agreement with the fp32 eager captions of the same inputs.
 
 The decoder's inputs are random `video_states` / `audio_states` (8 x 49 video + 2 x 129 audio tokens, VALOR-B's
 layout) and its weights are random; generation never stops early (`min_new_tokens=30`), so every configuration
@@ -32,6 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_generation_and_pretraining import decoder_config  # noqa: E402
 from transformers_valor import ValorConfig, ValorForConditionalGeneration, compile_valor  # noqa: E402
+from transformers_valor.onednn_linear import use_onednn_linear  # noqa: E402
 from transformers_valor.quantization import quantize_dynamic_int8  # noqa: E402
 
 NEW_TOKENS = 30
@@ -98,13 +100,15 @@ def per_token_seconds(model, inputs, repeats: int) -> float:
 
 
 def build_variant(name: str, config: ValorConfig) -> ValorForConditionalGeneration:
-    """The fp32 eager decoder (seeded: every variant has the same weights), compiled or int8-quantised."""
+    """The fp32 eager decoder (seeded: every variant has the same weights), compiled, on oneDNN or int8."""
     torch.manual_seed(0)
     model = ValorForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval()
     if name == "compile":
         compile_valor(model)
     elif name == "int8 dynamic":
         quantize_dynamic_int8(model)
+    elif name == "onednn linear":
+        use_onednn_linear(model)
     return model
 
 
@@ -166,7 +170,9 @@ def main():
         "--smoke", action="store_true", help="tiny decoder and inputs: checks the script runs"
     )
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=None)
-    parser.add_argument("--variants", nargs="+", default=["eager", "compile", "int8 dynamic"])
+    parser.add_argument(
+        "--variants", nargs="+", default=["eager", "onednn linear", "compile", "int8 dynamic"]
+    )
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: torch's); 1 on a loaded machine"
     )
