@@ -44,6 +44,22 @@ def compiled_parts(model: nn.Module) -> dict[str, nn.Module]:
     return parts
 
 
+def text_decoding_parts_for_cpu_inference(model: nn.Module, caller: str) -> list[nn.Module]:
+    """
+    The text tower and the MLM head of `model` (the parts a cached decoding step runs), after checking that
+    `model` is set up for CPU inference; `caller` names the option in the errors.
+
+    Raises:
+        ValueError: the model is in training mode or not on the CPU.
+    """
+    if model.training:
+        raise ValueError(f"{caller} is for inference: call `model.eval()` first.")
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        raise ValueError(f"{caller} runs on the CPU; the model is on {device}.")
+    return [part for name, part in compiled_parts(model).items() if name.endswith(("text_model", "cls"))]
+
+
 def compile_valor(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
     """
     Compile a VALOR model's towers, text encoder / decoder and MLM head in place with `torch.compile`

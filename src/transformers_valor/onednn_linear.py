@@ -14,7 +14,7 @@ captions; on tiny models the kernel's call overhead makes it slower, so it is an
 import torch
 from torch import nn
 
-from .compilation import compiled_parts
+from .compilation import text_decoding_parts_for_cpu_inference
 
 
 class OneDNNLinear(nn.Linear):
@@ -54,19 +54,12 @@ def use_onednn_linear(model: nn.Module) -> nn.Module:
         ValueError: the model is in training mode or not on the CPU.
         RuntimeError: this PyTorch build has no oneDNN (`torch.backends.mkldnn.is_available()` is false).
     """
-    if model.training:
-        raise ValueError("use_onednn_linear is for inference: call `model.eval()` first.")
-    device = next(model.parameters()).device
-    if device.type != "cpu":
-        raise ValueError(f"use_onednn_linear runs on the CPU; the model is on {device}.")
+    parts = text_decoding_parts_for_cpu_inference(model, "use_onednn_linear")
     if not torch.backends.mkldnn.is_available():
         raise RuntimeError(
             "This PyTorch build has no oneDNN (torch.backends.mkldnn.is_available() is False)."
         )
-    parts = compiled_parts(model)
-    for name, part in parts.items():
-        if not name.endswith(("text_model", "cls")):
-            continue
+    for part in parts:
         for parent in part.modules():
             for child_name, child in parent.named_children():
                 if type(child) is nn.Linear:

@@ -12,7 +12,7 @@ import warnings
 import torch
 from torch import nn
 
-from .compilation import compiled_parts
+from .compilation import text_decoding_parts_for_cpu_inference
 
 
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
@@ -28,15 +28,9 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: the model is in training mode or not on the CPU.
     """
-    if model.training:
-        raise ValueError("quantize_dynamic_int8 is for inference: call `model.eval()` first.")
-    device = next(model.parameters()).device
-    if device.type != "cpu":
-        raise ValueError(f"int8 dynamic quantization runs on the CPU; the model is on {device}.")
-    parts = compiled_parts(model)
-    targets = {name: module for name, module in parts.items() if name.endswith(("text_model", "cls"))}
+    targets = text_decoding_parts_for_cpu_inference(model, "quantize_dynamic_int8")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices (its move to torchao)
-        for module in targets.values():
+        for module in targets:
             torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return model
