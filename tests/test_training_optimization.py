@@ -96,3 +96,24 @@ def test_tower_learning_rates_are_typed_yaml_fields(tiny_processor_dir):
     values["optimizer"]["audio_learning_rate"] = 0.0
     with pytest.raises(ValueError, match="optimizer.audio_learning_rate"):
         config_from_dict(values)
+
+
+def test_optimizer_runs_foreach_with_the_per_parameter_loops_arithmetic():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
+    loop_model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
+    loop_model.load_state_dict(model.state_dict())
+    args = OptimizerArguments(learning_rate=1e-2)
+    optimizer = build_optimizer(model, args)
+    assert all(group["foreach"] for group in optimizer.param_groups)
+    loop = build_optimizer(loop_model, args)
+    for group in loop.param_groups:
+        group["foreach"] = False
+    inputs = torch.randn(32, 8)
+    for _ in range(5):
+        for net, opt in ((model, optimizer), (loop_model, loop)):
+            net(inputs).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for name, param in model.state_dict().items():
+        assert torch.equal(param, loop_model.state_dict()[name]), name
