@@ -24,6 +24,7 @@ from transformers_valor import (
     ValorModel,
 )
 from transformers_valor.configuration_valor import MODALITY_GROUPS
+from transformers_valor.modeling_valor import all_finite
 
 GROUPS = ["tv", "ta", "tva", "va", "vta", "atv"]
 
@@ -197,6 +198,18 @@ def test_non_finite_inputs_warn():
     features[0, 0, 0, 0] = float("inf")
     with pytest.warns(UserWarning, match="`input_features` holds NaN or infinite values"):
         model.get_audio_features(features)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_all_finite_finds_every_kind_of_non_finite_value(dtype):
+    values = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert all_finite(values) and all_finite(values[:0])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for index in ((0, 0, 0), (1, 2, 4)):
+            spoiled = values.clone()
+            spoiled[index] = bad
+            assert not all_finite(spoiled), (bad, index)
+    assert all_finite(torch.full((4,), torch.finfo(dtype).max, dtype=dtype))
 
 
 # ------------------------------------------------------------------------------------------ task prompts
