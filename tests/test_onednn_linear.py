@@ -62,3 +62,38 @@ def test_gradients_and_training_mode_are_refused(tester):
         layer(torch.randn(2, layer.in_features))
     with pytest.raises(ValueError, match="model.eval"):
         use_onednn_linear(tester.create_model(ValorForConditionalGeneration).train())
+
+
+def test_packed_weights_give_the_same_results_and_follow_weight_changes():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(24, 40).eval()
+    layer = OneDNNLinear.from_linear(linear, pack_for_rows=2)
+    for rows in (1, 2, 7):  # the layout is for 2 rows; any number is computed right
+        hidden = torch.randn(rows, 24)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(hidden), linear(hidden))
+    assert layer.kernel_weight() is not layer.weight and "_packed" not in dict(layer.state_dict())
+    with torch.no_grad():
+        linear.weight.mul_(-2.0)  # in place: the packed copy must be rebuilt
+        torch.testing.assert_close(layer(hidden), linear(hidden))
+        layer.load_state_dict({"weight": torch.randn(40, 24), "bias": torch.zeros(40)})
+        torch.testing.assert_close(layer(hidden), hidden @ layer.weight.T)
+    with pytest.raises(ValueError, match="pack_for_rows"):
+        OneDNNLinear.from_linear(linear, pack_for_rows=0)
+
+
+def test_packing_covers_the_per_step_layers_only(tester):
+    model = tester.create_model(ValorForConditionalGeneration)
+    inputs = tester.prepare_inputs()
+    kwargs = dict(num_beams=1, max_new_tokens=5, min_new_tokens=5)
+    with torch.no_grad():
+        eager = model.generate(inputs["pixel_values_videos"], inputs["input_features"], **kwargs)
+        use_onednn_linear(model, pack_for_rows=2)
+        captions = model.generate(inputs["pixel_values_videos"], inputs["input_features"], **kwargs)
+    assert torch.equal(captions, eager)
+    packed = {n for n, m in model.named_modules() if isinstance(m, OneDNNLinear) and m.pack_for_rows}
+    layer = "valor.text_model.encoder.layer.0."
+    assert {f"{layer}attention.self.query", f"{layer}intermediate.dense", f"{layer}output.dense"} <= packed
+    cross = {n for n in packed if ".crossattention" in n and n.startswith(layer)}
+    assert cross and all(not n.endswith(("self.key", "self.value")) for n in cross)
+    assert not any(n.startswith("cls.") for n in packed)
