@@ -8,14 +8,20 @@ What it prints, all from one run (the machine is shared: the load average is pri
 
 1. The machine's limits, measured in the run: the read bandwidth (sum of a 1 GiB tensor) and the GEMM peak.
 2. The weight-streaming bound of one cached decoding step at batch 1: every weight the step reads (12 decoder
-   layers with their cross-attention, the MLM head with the tied 30,522 x 768 output matrix) read once from memory,
-   bytes / bandwidth; and the measured per-token time, `(time of 31 tokens - time of 1 token) / 30`, so that the
-   first step, which also computes the cross-attention keys and values of the 650 media tokens, is left out.
+   layers; of their cross-attention only the query and output projections, as the cache holds the media's keys
+   and values; the MLM head with the tied 30,522 x 768 output matrix) read once from memory, bytes / bandwidth,
+   counted from the modules a cached step runs (each multiplies 2 rows per sequence: the last token and the
+   [MASK] slot VALOR reads the prediction from; the MLM head only the latter); the step's matrix products
+   alone, replayed without anything between them, as the floor of the kernels; and the measured per-token time,
+   `(time of 31 tokens - time of 1 token) / 30`, so that the first step, which also computes the cross-attention
+   keys and values of the 650 media tokens, is left out.
 3. Videos per second at batch 1, 8 and 32, greedy and beam 3, 30 new tokens, KV cache on (eager PyTorch, fp32).
 4. The options, at batch 1 (per-token time) and batch 8 (videos/s): oneDNN kernels for the decoder's linear layers
-   (`transformers_valor.onednn_linear.use_onednn_linear`, CPU only), `compile_valor` (inductor) and int8 dynamic
+   (`transformers_valor.onednn_linear.use_onednn_linear`, CPU only; "onednn packed" with the weights laid out for
+   the 2 rows a step multiplies per sequence, `pack_for_rows=2`), `compile_valor` (inductor) and int8 dynamic
    quantization of the decoder's linear layers (`transformers_valor.quantization.quantize_dynamic_int8`, CPU only),
-   each with its token agreement with the fp32 eager captions of the same inputs.
+   each against its own bound (int8 weights are a quarter of the bytes) and with its token agreement with the
+   fp32 eager captions of the same inputs.
 
 The decoder's inputs are random `video_states` / `audio_states` (8 x 49 video + 2 x 129 audio tokens, VALOR-B's
 layout) and its weights are random; generation never stops early (`min_new_tokens=30`), so every configuration
@@ -23,6 +29,7 @@ does the same number of steps.
 """
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -65,12 +72,71 @@ def machine_limits(repeats: int, smoke: bool) -> dict:
     return {"read_gbps": size / best_seconds(big.sum, repeats) / 1e9, "gemm_gflops": gemm}
 
 
-def streamed_bytes(model: ValorForConditionalGeneration) -> int:
-    """Bytes of weights one cached decoding step reads: the decoder layers and the MLM head (its output matrix is
-    the tied word embedding, read whole); of the embeddings only a row per token, which is left out."""
+def weight_bytes(module: torch.nn.Module) -> dict:
+    """Bytes of `module`'s own weights by storage: its parameters (a tied one counted once), or an int8 linear
+    layer's packed weight (unpacked into a new tensor on every call, so keyed by the module)."""
+    params = list(module.parameters(recurse=False))
+    if params:
+        return {p.data_ptr(): p.numel() * p.element_size() for p in params}
+    if callable(getattr(module, "weight", None)):  # torch.ao's dynamically quantised Linear
+        tensors = [module.weight(), *([module.bias()] if module.bias() is not None else [])]
+        return {("int8 linear", id(module)): sum(t.numel() * t.element_size() for t in tensors)}
+    return {}
+
+
+def second_step_calls(model, inputs: dict, modules: list) -> list[tuple[torch.nn.Module, tuple]]:
+    """The calls of `modules` in the second (cached) decoding step of `generate` on `inputs`, in order, each with
+    the shape of its input."""
+    calls = []
+    record = lambda m, args, out: calls.append((m, tuple(args[0].shape)))  # noqa: E731
+    hooks = [m.register_forward_hook(record) for m in modules]
+    try:
+        generate(model, inputs, 1, 1)
+        first_step = len(calls)
+        generate(model, inputs, 1, 2)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls[2 * first_step :]
+
+
+def streamed_bytes(model: ValorForConditionalGeneration, inputs: dict) -> int:
+    """Bytes of weights one cached decoding step reads: those of every module the second step runs (the decoder
+    layers without the cross-attention key / value projections, whose outputs the cache holds since the first
+    step; the MLM head with the tied word embedding read whole), counted once per storage; of the input
+    embeddings only a row per token, which is left out."""
     text = model.valor.text_model
-    params = {id(p): p for p in [*text.encoder.parameters(), *model.cls.parameters()]}
-    return sum(p.numel() * p.element_size() for p in params.values())
+    modules = [m for part in (text.encoder, model.cls) for m in part.modules() if weight_bytes(m)]
+    storages = {}
+    for module, _ in second_step_calls(model, inputs, modules):
+        storages.update(weight_bytes(module))
+    return sum(storages.values())
+
+
+def linear_floor(model, inputs, repeats: int) -> dict[str, float]:
+    """Seconds of a cached step's matrix products alone (each linear layer on a vector of its input's shape, in
+    the step's order, nothing else between them), with PyTorch's `F.linear`, with oneDNN's kernel, and with
+    oneDNN's kernel on weights packed for the call's rows: what no implementation of the step on these kernels
+    can beat."""
+    calls = second_step_calls(model, inputs, [m for m in model.modules() if isinstance(m, torch.nn.Linear)])
+    vectors = {shape: torch.randn(shape) for _, shape in calls}
+    onednn = torch.ops.mkldnn._linear_pointwise
+    packed = [
+        torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), math.prod(shape[:-1]))
+        for layer, shape in calls
+    ]
+    kernels = {
+        "F.linear": lambda x, layer, _: torch.nn.functional.linear(x, layer.weight, layer.bias),
+        "oneDNN": lambda x, layer, _: onednn(x, layer.weight, layer.bias, "none", [], ""),
+        "oneDNN packed": lambda x, layer, index: onednn(x, packed[index], layer.bias, "none", [], ""),
+    }
+
+    def replay(kernel):
+        with torch.no_grad():
+            for index, (layer, shape) in enumerate(calls):
+                kernel(vectors[shape], layer, index)
+
+    return {name: best_seconds(partial(replay, kernel), repeats) for name, kernel in kernels.items()}
 
 
 def make_inputs(model, batch_size: int, media_tokens: int) -> dict:
@@ -100,15 +166,16 @@ def per_token_seconds(model, inputs, repeats: int) -> float:
 
 
 def build_variant(name: str, config: ValorConfig) -> ValorForConditionalGeneration:
-    """The fp32 eager decoder (seeded: every variant has the same weights), compiled, on oneDNN or int8."""
+    """The fp32 eager decoder (seeded: every variant has the same weights), on oneDNN or int8; "compile" is
+    applied later (`compile_valor`), after the bytes a step reads are counted on the eager modules."""
     torch.manual_seed(0)
     model = ValorForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval()
-    if name == "compile":
-        compile_valor(model)
-    elif name == "int8 dynamic":
+    if name == "int8 dynamic":
         quantize_dynamic_int8(model)
     elif name == "onednn linear":
         use_onednn_linear(model)
+    elif name == "onednn packed":
+        use_onednn_linear(model, pack_for_rows=2)
     return model
 
 
@@ -126,27 +193,33 @@ def throughput_table(model, batch_sizes, media_tokens, repeats) -> dict:
     return captions
 
 
-def options_table(config, variants, reference, bound, batch, media_tokens, repeats) -> None:
-    """Per-token time at batch 1 against the bound, videos/s at `batch`, and agreement with `reference`."""
+def options_table(config, variants, reference, read_gbps, batch, media_tokens, repeats) -> None:
+    """Per-token time at batch 1 against each variant's own bound (the bytes its cached step reads / the measured
+    read bandwidth), videos/s at `batch`, and agreement with `reference`."""
     print(
-        f"\n## Options: per-token time at batch 1 (bound {1e3 * bound:.1f} ms) and greedy videos/s at batch {batch}"
+        f"\n## Options: per-token time at batch 1 against its own bound and greedy videos/s at batch {batch}"
     )
     print(
-        "| variant | ms / token, batch 1 | share of the bound | videos/s | vs eager | token agreement | load |"
+        "| variant | weights per step (MB) | bound (ms) | ms / token, batch 1 | share of the bound | videos/s "
+        "| vs eager | token agreement | load |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     base_rate = None
     for name in variants:
         model = build_variant(name, config)
         one = make_inputs(model, 1, media_tokens)
+        weights = streamed_bytes(model, one)
+        bound = weights / (read_gbps * 1e9)
+        if name == "compile":
+            compile_valor(model)
         step = per_token_seconds(model, one, repeats)
         inputs = make_inputs(model, batch, media_tokens)
         rate = batch / best_seconds(partial(generate, model, inputs, 1), repeats)
         base_rate = base_rate or rate
         agreement = (generate(model, inputs, 1) == reference).float().mean().item()
         print(
-            f"| {name} | {1e3 * step:.1f} | {100 * bound / step:.0f} % | {rate:.2f} | {rate / base_rate:.2f}x | "
-            f"{agreement:.3f} | {load()} |"
+            f"| {name} | {weights / 1e6:.0f} | {1e3 * bound:.1f} | {1e3 * step:.1f} | {100 * bound / step:.0f} % | "
+            f"{rate:.2f} | {rate / base_rate:.2f}x | {agreement:.3f} | {load()} |"
         )
         del model
 
@@ -171,7 +244,9 @@ def main():
     )
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=None)
     parser.add_argument(
-        "--variants", nargs="+", default=["eager", "onednn linear", "compile", "int8 dynamic"]
+        "--variants",
+        nargs="+",
+        default=["eager", "onednn linear", "onednn packed", "compile", "int8 dynamic"],
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: torch's); 1 on a loaded machine"
@@ -190,7 +265,7 @@ def main():
         f"GFLOP/s (4096^3); load {load()}"
     )
     model = build_variant("eager", config)
-    weights = streamed_bytes(model)
+    weights = streamed_bytes(model, make_inputs(model, 1, media_tokens))
     bound = weights / (limits["read_gbps"] * 1e9)
     step = per_token_seconds(model, make_inputs(model, 1, media_tokens), repeats)
     print(
@@ -198,10 +273,16 @@ def main():
         f"({weights / 1e6:.0f} MB of weights per step / {limits['read_gbps']:.1f} GB/s): {100 * bound / step:.0f} % "
         f"of the bound; load {load()}"
     )
+    floor = linear_floor(model, make_inputs(model, 1, media_tokens), repeats)
+    print(
+        "the step's linear products alone, nothing between them: "
+        + ", ".join(f"{name} {1e3 * s:.1f} ms ({weights / s / 1e9:.1f} GB/s)" for name, s in floor.items())
+        + f"; load {load()}"
+    )
     captions = throughput_table(model, batch_sizes, media_tokens, repeats)
     del model
     batch = 8 if 8 in captions else batch_sizes[-1]
-    options_table(config, args.variants, captions[batch], bound, batch, media_tokens, repeats)
+    options_table(config, args.variants, captions[batch], limits["read_gbps"], batch, media_tokens, repeats)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
-"""oneDNN matrix-vector kernels for the text decoder's linear layers in CPU inference.
+"""oneDNN kernels for the text decoder's linear layers in CPU inference.
 
-A cached decoding step multiplies one token per sequence by every weight matrix of the decoder: it streams the
-weights, so the GEMV kernel's read rate sets the speed. PyTorch's `F.linear` goes to MKL, whose fp32 GEMV reads
-at 8-11 GB/s on the AMD EPYC this project is measured on, where oneDNN's kernel (the one inductor uses for CPU
-inference, `torch.ops.mkldnn._linear_pointwise`) reads at 14-16 GB/s (`benchmarks/results/cpu_captioning.txt`).
+A cached decoding step multiplies two rows per sequence (the last token and the [MASK] slot VALOR reads the
+prediction from) by every weight matrix of the decoder: it streams the weights, so the kernel's read rate sets the
+speed. PyTorch's `F.linear` goes to MKL, which on the AMD EPYC this project is measured on reads at 8-11 GB/s for
+one row and 4-7 GB/s for two; oneDNN's kernel (the one inductor uses for CPU inference,
+`torch.ops.mkldnn._linear_pointwise`) reads at 12-16 GB/s for one row and 6-9 GB/s for two, 8.5-14 GB/s when the
+weight is laid out in its blocked format for two rows (`benchmarks/results/cpu_captioning.txt`).
 [`use_onednn_linear`] routes the text tower's and the MLM head's `nn.Linear` layers through it, keeping their
 parameters: names, tied weights, `state_dict` and `save_pretrained` do not change, and the results are the same
 function up to float rounding. Inference only (the kernel has no backward) and CPU only. Measured on the VALOR-B
-decoder (`benchmarks/bench_captioning.py`): 1.19x per token at batch 1 and 1.25x videos/s at batch 8, the same
-captions; on tiny models the kernel's call overhead makes it slower, so it is an option, not a default.
+decoder (`benchmarks/bench_captioning.py`, two runs, the same captions): plain weights 1.14-1.46x per token at
+batch 1 and 1.23-1.33x videos/s at batch 8; with `pack_for_rows=2` 1.42-1.81x per token (61 ms, 47 % of the
+weight-streaming bound) and 1.21-1.42x videos/s at batch 8. On tiny models the
+kernel's call overhead makes it slower, so it is an option, not a default.
 """
 
 import torch
