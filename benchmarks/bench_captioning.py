@@ -106,11 +106,12 @@ def streamed_bytes(model: ValorForConditionalGeneration, inputs: dict) -> int:
     step; the MLM head with the tied word embedding read whole), counted once per storage; of the input
     embeddings only a row per token, which is left out."""
     text = model.valor.text_model
-    modules = [m for part in (text.encoder, model.cls) for m in part.modules() if weight_bytes(m)]
-    storages = {}
-    for module, _ in second_step_calls(model, inputs, modules):
-        storages.update(weight_bytes(module))
-    return sum(storages.values())
+    owned = {m: weight_bytes(m) for part in (text.encoder, model.cls) for m in part.modules()}
+    owned = {module: storages for module, storages in owned.items() if storages}
+    read = {}
+    for module, _ in second_step_calls(model, inputs, list(owned)):
+        read.update(owned[module])
+    return sum(read.values())
 
 
 def linear_floor(model, inputs, repeats: int) -> dict[str, float]:
@@ -265,15 +266,16 @@ def main():
         f"GFLOP/s (4096^3); load {load()}"
     )
     model = build_variant("eager", config)
-    weights = streamed_bytes(model, make_inputs(model, 1, media_tokens))
+    one = make_inputs(model, 1, media_tokens)
+    weights = streamed_bytes(model, one)
     bound = weights / (limits["read_gbps"] * 1e9)
-    step = per_token_seconds(model, make_inputs(model, 1, media_tokens), repeats)
+    step = per_token_seconds(model, one, repeats)
     print(
         f"batch 1 greedy, cached: {1e3 * step:.1f} ms per token; weight-streaming bound {1e3 * bound:.1f} ms "
         f"({weights / 1e6:.0f} MB of weights per step / {limits['read_gbps']:.1f} GB/s): {100 * bound / step:.0f} % "
         f"of the bound; load {load()}"
     )
-    floor = linear_floor(model, make_inputs(model, 1, media_tokens), repeats)
+    floor = linear_floor(model, one, repeats)
     print(
         "the step's linear products alone, nothing between them: "
         + ", ".join(f"{name} {1e3 * s:.1f} ms ({weights / s / 1e9:.1f} GB/s)" for name, s in floor.items())

@@ -7,8 +7,9 @@
 A step is forward + backward + AdamW on a seeded batch (4 frames, 1 audio clip, MGA and MGC over tva/tv/ta),
 dropout off so that every mode computes the same function: the first-step losses are printed with their largest
 difference. Three modes: the eager step with AdamW's per-parameter loop (PyTorch's default on the CPU, what the
-training loop ran before `build_optimizer` asked for its `foreach` kernels: the baseline), the eager step as the
-training loop runs it now (`foreach`, the same arithmetic), and that step with `compile_valor`. Compilation
+training loop ran before `build_optimizer` asked for its `foreach` kernels: the baseline), the eager step with
+AdamW's `foreach` kernels (what `build_optimizer` uses now, the same arithmetic; a single parameter group here, where
+the training loop has VALOR's decay groups), and that step with `compile_valor`. Compilation
 happens in the two warm-up steps, whose time is printed apart (inductor's on-disk cache makes a repeat run's
 compilation shorter). The timed steps of the modes are interleaved (the order reversed every other round), and
 each speed-up is the median of the per-round ratios, so that the shared machine's changing load falls on all

@@ -98,22 +98,21 @@ def use_onednn_linear(model: nn.Module, pack_for_rows: int | None = None) -> nn.
             "This PyTorch build has no oneDNN (torch.backends.mkldnn.is_available() is False)."
         )
     for part in parts:
+        part_rows = (
+            None if part is getattr(model, COMPILED_HEAD, None) else pack_for_rows
+        )  # the MLM head: 1 row
         for parent in part.modules():
             for child_name, child in parent.named_children():
                 if type(child) is nn.Linear:
-                    rows = pack_for_rows if _runs_per_step(model, part, parent, child_name) else None
+                    rows = None if _is_cross_key_or_value(parent, child_name) else part_rows
                     setattr(parent, child_name, OneDNNLinear.from_linear(child, rows))
     return model
 
 
-def _runs_per_step(model: nn.Module, part: nn.Module, parent: nn.Module, child_name: str) -> bool:
-    """Whether a text-tower layer multiplies the decoding step's rows: not the MLM head's, and not the
-    cross-attention keys and values, computed once per caption from the media tokens."""
-    if part is getattr(model, COMPILED_HEAD, None):
-        return False
-    return not (
-        isinstance(parent, ValorTextSelfAttention) and parent.is_cross_attention and child_name != "query"
-    )
+def _is_cross_key_or_value(parent: nn.Module, child_name: str) -> bool:
+    """Whether a text-tower layer is a cross-attention key or value projection, which runs once per caption on
+    the media tokens rather than on every decoding step's rows."""
+    return isinstance(parent, ValorTextSelfAttention) and parent.is_cross_attention and child_name != "query"
 
 
 __all__ = ["OneDNNLinear", "use_onednn_linear"]
