@@ -39,17 +39,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_generation_and_pretraining import decoder_config  # noqa: E402
+from machine import cpu_name, load  # noqa: E402
 from transformers_valor import ValorConfig, ValorForConditionalGeneration, compile_valor  # noqa: E402
 from transformers_valor.onednn_linear import use_onednn_linear  # noqa: E402
 from transformers_valor.quantization import quantize_dynamic_int8  # noqa: E402
 
 NEW_TOKENS = 30
 MEDIA_TOKENS = 8 * 49 + 2 * 129  # 8 frames x 7x7 Video Swin tokens + 2 clips x (CLS + 4x32 patches)
-
-
-def load() -> str:
-    """The 1-minute load average, printed beside each timing."""
-    return f"{os.getloadavg()[0]:.1f}"
 
 
 def best_seconds(fn, repeats: int) -> float:
@@ -259,7 +255,7 @@ def main():
     batch_sizes = args.batch_sizes or ([1, 8] if args.quick or args.smoke else [1, 8, 32])
     config = smoke_config() if args.smoke else decoder_config()
     media_tokens = 20 if args.smoke else MEDIA_TOKENS
-    print(f"CPU ({torch.get_num_threads()} threads), fp32, torch {torch.__version__}; load {load()}")
+    print(f"{cpu_name()} ({torch.get_num_threads()} threads), fp32, torch {torch.__version__}; load {load()}")
     limits = machine_limits(repeats, args.smoke)
     print(
         f"machine limits: read {limits['read_gbps']:.1f} GB/s (1 GiB sum), GEMM {limits['gemm_gflops']:.1f} "

@@ -13,6 +13,8 @@ from helpers import ValorVideoSwinModelTester
 from helpers import seeded_floats as floats_tensor
 from transformers_valor import ValorVideoSwinModel
 from transformers_valor.modeling_video_swin import (
+    REFERENCE_SHIFTED_WINDOW_MASK_VALUE,
+    SHIFTED_WINDOW_MASK_VALUE,
     ValorVideoSwinBlock,
     get_window_and_shift,
     relative_position_index,
@@ -332,6 +334,42 @@ def test_window_attention_matches_naive_loop(tester, size):
                 model.set_attn_implementation(implementation)
                 expected = naive_block_forward(module, hidden)
                 torch.testing.assert_close(module(hidden, **kwargs)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def shifted_block_outputs_and_grads(tester, mask_value: float, implementation: str):
+    """A shifted block's output on seeded tokens and the gradients of its parameters, with the given mask value."""
+    torch.manual_seed(0)
+    model = tester.create_model()
+    model.set_attn_implementation(implementation)
+    block = ValorVideoSwinBlock(model.config, tester.embed_dim, 2, shifted=True, drop_path=0.0).eval()
+    with torch.no_grad():
+        block.attn.relative_position_bias_table.normal_(0, 1.0)
+    size = (4, 6, 6)
+    window, shift = get_window_and_shift(size, model.layers[0].window_size, model.layers[0].shift_size)
+    padded = tuple(-(-s // w) * w for s, w in zip(size, window))
+    mask = shifted_window_mask(padded, window, shift, mask_value=mask_value)
+    output = block(floats_tensor((2, *size, tester.embed_dim), seed=1), shift_mask=mask)[0]
+    output.square().sum().backward()
+    return output.detach(), {name: p.grad for name, p in block.named_parameters()}
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_shifted_window_mask_value_computes_the_reference_function(tester, implementation):
+    # -100 leaves denormal weights (slow on CPUs); -1e4 leaves zeros. Below float32's rounding, they are the same.
+    assert SHIFTED_WINDOW_MASK_VALUE < REFERENCE_SHIFTED_WINDOW_MASK_VALUE
+    ours = shifted_block_outputs_and_grads(tester, SHIFTED_WINDOW_MASK_VALUE, implementation)
+    reference = shifted_block_outputs_and_grads(tester, REFERENCE_SHIFTED_WINDOW_MASK_VALUE, implementation)
+    torch.testing.assert_close(ours[0], reference[0], atol=0, rtol=0)
+    assert ours[1].keys() == reference[1].keys()
+    for name in ours[1]:
+        torch.testing.assert_close(ours[1][name], reference[1][name], atol=0, rtol=0, msg=name)
+
+
+def test_shifted_window_mask_leaves_exact_zero_weights(tester):
+    probabilities = torch.softmax(torch.tensor([0.0, SHIFTED_WINDOW_MASK_VALUE]), dim=0)
+    assert probabilities[1] == 0
+    reference = torch.softmax(torch.tensor([0.0, REFERENCE_SHIFTED_WINDOW_MASK_VALUE]), dim=0)
+    assert 0 < reference[1] < torch.finfo(torch.float32).tiny  # the denormal the reference's value leaves
 
 
 @pytest.mark.parametrize("num_stages", [-1, 0, 1, 2])

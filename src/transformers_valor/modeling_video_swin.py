@@ -23,9 +23,13 @@ from .modeling_attention import check_attention_weights_available, eager_attenti
 
 __all__ = ["ValorVideoSwinModel", "ValorVideoSwinModelOutput", "ValorVideoSwinPreTrainedModel"]
 
-# Additive score for key tokens outside the query's region in a shifted window. Video Swin uses -100 rather than
-# -inf; keeping the value makes outputs match the published checkpoints' behaviour.
-SHIFTED_WINDOW_MASK_VALUE = -100.0
+# Additive score for key tokens outside the query's region in a shifted window. Video Swin adds -100: those keys get
+# weights of about e^-100 of the others, denormal floats that vanish in the rounding of every sum they enter, so
+# the outputs and gradients are those of exact zeros (test_modeling_video_swin.py compares the two). Denormal
+# operands make a CPU's products slow (on Intel, the probabilities' batched products run 20-50x slower), so the
+# mask is -1e4, whose weights underflow to exact zeros in float32, bfloat16 and float16 alike.
+REFERENCE_SHIFTED_WINDOW_MASK_VALUE = -100.0
+SHIFTED_WINDOW_MASK_VALUE = -1e4
 
 Size3D = tuple[int, int, int]
 
@@ -154,7 +158,11 @@ def relative_position_index(
 
 
 def shifted_window_mask(
-    padded_size: Size3D, window: Size3D, shift: Size3D, device: torch.device | None = None
+    padded_size: Size3D,
+    window: Size3D,
+    shift: Size3D,
+    device: torch.device | None = None,
+    mask_value: float | None = None,
 ) -> torch.Tensor:
     """
     Additive attention mask of the shifted windows of one stage.
@@ -168,10 +176,12 @@ def shifted_window_mask(
         window: effective window.
         shift: effective shift.
         device: where to build the mask.
+        mask_value: the score added outside the query's region; default `SHIFTED_WINDOW_MASK_VALUE` (-1e4),
+            read when called (`REFERENCE_SHIFTED_WINDOW_MASK_VALUE` is the reference's -100).
 
     Returns:
         `torch.FloatTensor` of shape `(num_windows, window_tokens, window_tokens)` holding 0 (attend) or
-        `SHIFTED_WINDOW_MASK_VALUE`.
+        `mask_value`.
     """
     labels = []
     for size, win, sh in zip(padded_size, window, shift):
@@ -185,7 +195,7 @@ def shifted_window_mask(
     )  # (Dp, Hp, Wp)
     region = window_partition(region[None, ..., None], window)[0, ..., 0]  # (num_windows, N)
     different = region[:, :, None] != region[:, None, :]  # (num_windows, N, N)
-    return different.float() * SHIFTED_WINDOW_MASK_VALUE
+    return different.float() * (SHIFTED_WINDOW_MASK_VALUE if mask_value is None else mask_value)
 
 
 class ValorVideoSwinDropPath(nn.Module):
