@@ -365,7 +365,7 @@ def test_shifted_window_mask_value_computes_the_reference_function(tester, imple
         torch.testing.assert_close(ours[1][name], reference[1][name], atol=0, rtol=0, msg=name)
 
 
-def test_shifted_window_mask_leaves_exact_zero_weights(tester):
+def test_shifted_window_mask_leaves_exact_zero_weights():
     probabilities = torch.softmax(torch.tensor([0.0, SHIFTED_WINDOW_MASK_VALUE]), dim=0)
     assert probabilities[1] == 0
     reference = torch.softmax(torch.tensor([0.0, REFERENCE_SHIFTED_WINDOW_MASK_VALUE]), dim=0)
