@@ -93,7 +93,7 @@ def pretraining_run(tiny_corpus, tiny_processor_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def retrieval_run(tiny_corpus, tiny_processor_dir, tmp_path_factory):
-    """`examples/finetune_retrieval.py --config run.yaml` in this process: 30 MGA steps on `tva` (no dropout, the
+    """`examples/finetune_retrieval.py --config run.yaml` in this process: 60 MGA steps on `tva` (no dropout, the
     whole corpus per batch, decoded cache), then evaluation on the test split (`tv`, `ta`, `tva`) and on its
     audio alone. The YAML says `task: pretrain`; the script sets `retrieval`. Returns `(output_dir, config file)`."""
     import runpy
@@ -113,7 +113,7 @@ def retrieval_run(tiny_corpus, tiny_processor_dir, tmp_path_factory):
         datasets=[{"name": "tiny", "path": str(tiny_corpus), "num_frames": 2, "contrastive_groups": ["tva"]}],
         data={"per_device_batch_size": 8, "cache_decoded": True, "cache_num_workers": 0},
         optimizer={"learning_rate": 1e-3, "warmup_steps": 0},
-        training={"max_steps": 30},
+        training={"max_steps": 60},
         evaluation={
             "datasets": [
                 {**test_set, "contrastive_groups": ["tv", "ta", "tva"]},
