@@ -7,15 +7,15 @@
 A step is forward + backward + AdamW on a seeded batch (4 frames, 1 audio clip, MGA and MGC over tva/tv/ta),
 dropout off so that every mode computes the same function: the first-step losses are printed with their largest
 difference. Three modes: the step as main ran it when the performance work began (the baseline): eager, AdamW's
-per-parameter loop (PyTorch's default on the CPU, before `build_optimizer` asked for its `foreach` kernels) and the
-Video Swin's shifted windows masked with the reference's -100 (whose denormal weights slow the CPU's products; the
-model now masks with -1e4, the same function to float32's rounding); the eager step with
-AdamW's `foreach` kernels (what `build_optimizer` uses now, the same arithmetic; a single parameter group here, where
-the training loop has VALOR's decay groups), and that step with `compile_valor`. Compilation
-happens in the two warm-up steps, whose time is printed apart (inductor's on-disk cache makes a repeat run's
-compilation shorter). The timed steps of the modes are interleaved (the order reversed every other round), and
-each speed-up is the median of the per-round ratios, so that the shared machine's changing load falls on all
-modes alike. The 1-minute load average is printed at the end of each case.
+per-parameter loop (PyTorch's default on the CPU, before `build_optimizer` asked for its `foreach` and then its
+fused kernel) and the Video Swin's shifted windows masked with the reference's -100 (whose denormal weights slow
+the CPU's products; the model now masks with -1e4, the same function to float32's rounding); the eager step with
+AdamW's fused kernel (what `build_optimizer` uses now, the same update to float rounding; a single parameter group
+here, where the training loop has VALOR's decay groups), and that step with `compile_valor`. Compilation happens
+in the two warm-up steps, whose time is printed apart (inductor's on-disk cache makes a repeat run's compilation
+shorter). The timed steps of the modes are interleaved (the order reversed every other round), and each speed-up
+is the median of the per-round ratios, so that the shared machine's changing load falls on all modes alike. The
+1-minute load average is printed at the end of each case.
 """
 
 import argparse
@@ -86,7 +86,7 @@ def smoke_config() -> ValorConfig:
 
 
 REFERENCE_MASK = modeling_video_swin.REFERENCE_SHIFTED_WINDOW_MASK_VALUE
-# (compiled, foreach, shifted-window mask value; None: the model's)
+# (compiled, AdamW's fused kernel (else its per-parameter loop), shifted-window mask value; None: the model's)
 MODES = {
     "baseline": (False, False, REFERENCE_MASK),
     "eager": (False, True, None),
@@ -97,11 +97,11 @@ MODES = {
 class Trainer:
     """One model and its AdamW, seeded so that every instance starts from the same weights."""
 
-    def __init__(self, config, batch, compiled: bool, foreach: bool, backend: str, mask_value=None):
+    def __init__(self, config, batch, compiled: bool, fused: bool, backend: str, mask_value=None):
         torch.manual_seed(0)
         self.mask_value = mask_value
         self.model = ValorForPreTraining._from_config(config, attn_implementation="sdpa").train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, foreach=foreach)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=fused, foreach=False)
         self.batch = batch
         if compiled:
             compile_valor(self.model, backend=backend)
@@ -138,8 +138,8 @@ def measure(config, batch, backend: str, steps: int) -> dict:
     timed step per mode; the median step of each mode and the median per-round speed-ups (over the baseline,
     and of compiled over eager)."""
     runs, first, warmup = {}, {}, {}
-    for mode, (compiled, foreach, mask_value) in MODES.items():
-        runs[mode] = Trainer(config, batch, compiled, foreach, backend, mask_value)
+    for mode, (compiled, fused, mask_value) in MODES.items():
+        runs[mode] = Trainer(config, batch, compiled, fused, backend, mask_value)
         start = time.perf_counter()
         first[mode] = runs[mode].step()
         runs[mode].step()

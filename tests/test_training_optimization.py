@@ -98,22 +98,41 @@ def test_tower_learning_rates_are_typed_yaml_fields(tiny_processor_dir):
         config_from_dict(values)
 
 
-def test_optimizer_runs_foreach_with_the_per_parameter_loops_arithmetic():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
-    loop_model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
-    loop_model.load_state_dict(model.state_dict())
-    args = OptimizerArguments(learning_rate=1e-2)
+def _train_five_steps(fused):
+    """A small net trained 5 steps by `build_optimizer` (`fused` or `foreach`) and by the same AdamW's
+    per-parameter loop, from the same weights; returns the two state dicts and the optimizer."""
+    model, loop_model = _small_net(), _small_net()
+    args = OptimizerArguments(learning_rate=1e-2, fused=fused)
     optimizer = build_optimizer(model, args)
-    assert all(group["foreach"] for group in optimizer.param_groups)
     loop = build_optimizer(loop_model, args)
     for group in loop.param_groups:
-        group["foreach"] = False
+        group["foreach"] = group["fused"] = False
     inputs = torch.randn(32, 8)
     for _ in range(5):
         for net, opt in ((model, optimizer), (loop_model, loop)):
             net(inputs).square().mean().backward()
             opt.step()
             opt.zero_grad()
-    for name, param in model.state_dict().items():
-        assert torch.equal(param, loop_model.state_dict()[name]), name
+    return model.state_dict(), loop_model.state_dict(), optimizer
+
+
+def test_optimizer_is_fused_by_default_and_makes_the_loops_update():
+    assert OptimizerArguments().fused
+    trained, loop, optimizer = _train_five_steps(fused=True)
+    assert all(group["fused"] and not group["foreach"] for group in optimizer.param_groups)
+    for name, param in trained.items():
+        assert not torch.equal(param, _small_net().state_dict()[name]), name
+        torch.testing.assert_close(param, loop[name], atol=1e-6, rtol=1e-6, msg=name)
+
+
+def test_optimizer_runs_foreach_with_the_per_parameter_loops_arithmetic():
+    trained, loop, optimizer = _train_five_steps(fused=False)
+    assert all(group["foreach"] and not group["fused"] for group in optimizer.param_groups)
+    for name, param in trained.items():
+        assert torch.equal(param, loop[name]), name
+
+
+def _small_net():
+    """The same seeded 2-layer net on every call."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))

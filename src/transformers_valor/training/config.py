@@ -101,6 +101,9 @@ class OptimizerArguments:
         warmup_ratio (`float`, defaults to 0.1): share of the steps used for warm-up (unless `warmup_steps`).
         warmup_steps (`int`, *optional*): absolute warm-up steps.
         max_grad_norm (`float`, defaults to 5.0): gradient-norm clipping; 0 disables it.
+        fused (`bool`, defaults to `True`): AdamW's fused kernel, one pass over each parameter and its state
+            (`torch.optim.AdamW(fused=True)`, `transformers`' default `adamw_torch_fused`); `False`: its `foreach`
+            kernels, one call per operation over all parameters, with the per-parameter loop's exact arithmetic.
     """
 
     learning_rate: float = 1e-4
@@ -115,6 +118,7 @@ class OptimizerArguments:
     warmup_ratio: float = 0.1
     warmup_steps: int | None = None
     max_grad_norm: float = 5.0
+    fused: bool = True
 
     def __post_init__(self):
         require(self.learning_rate > 0, "optimizer.learning_rate", self.learning_rate, "> 0")
