@@ -234,6 +234,9 @@ class LoopArguments:
         torch_compile (`bool`, defaults to `False`): compile the towers, the text encoder / decoder and the MLM head
             with `torch.compile` (inductor; `transformers_valor.compile_valor`) before training. The first steps
             compile (minutes for VALOR-B); checkpoints and the saved model are the same as without it.
+        keep_freed_cpu_memory (`bool`, defaults to `True`): on the CPU, make glibc's allocator keep the memory a step
+            frees for the next one instead of handing it back and page-faulting it in again
+            (`transformers_valor.training.cpu_memory`); the process's resident memory stays at the step's peak.
     """
 
     output_dir: str = "outputs/valor_pretrain"
@@ -251,6 +254,7 @@ class LoopArguments:
     find_unused_parameters: bool = True
     overwrite_output_dir: bool = False
     torch_compile: bool = False
+    keep_freed_cpu_memory: bool = True
 
     def __post_init__(self):
         positive = {

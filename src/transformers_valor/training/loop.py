@@ -39,6 +39,7 @@ from .checkpointing import (
     save_final_model,
 )
 from .config import LoopArguments, RunConfig
+from .cpu_memory import keep_freed_cpu_memory
 from .data import MapStyleData, StreamingData, build_training_data
 from .distributed import prepare_objective, resolve_engine, shard_objective, unsharded
 from .model_factory import TASK_MODEL_CLASSES, build_model
@@ -403,6 +404,8 @@ def train(
     """
     args = config.training
     accelerator = accelerator or create_accelerator(config)
+    if args.keep_freed_cpu_memory and accelerator.device.type == "cpu":
+        keep_freed_cpu_memory()
     set_seed(args.seed)
     checkpoint = _prepare_output_dir(accelerator, config, resume_from_checkpoint)
 

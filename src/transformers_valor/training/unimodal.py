@@ -41,6 +41,7 @@ from ..modeling_video_swin import ValorVideoSwinModel
 from ..processing_valor import ValorProcessor
 from .config import OptimizerArguments, _build, _parse_yaml, apply_overrides
 from .config_types import require_at_least
+from .cpu_memory import keep_freed_cpu_memory
 from .optimization import build_optimizer, build_scheduler
 
 VISUAL_LABELS: dict[str, tuple[str, ...]] = {"color": COLORS, "shape": SHAPES, "direction": DIRECTIONS}
@@ -412,7 +413,9 @@ def run_unimodal_pretraining(
     Stage 0: render the clips, train the three towers, save each with `save_pretrained` under
     `output_dir/{video,audio,text}` (the text folder also holds the tokenizer). Every step's loss goes to
     `unimodal_metrics.jsonl`, the held-out accuracies to `unimodal_summary.json`. Returns the three folders.
+    Trains on the CPU, with glibc's allocator keeping freed memory ([`keep_freed_cpu_memory`]).
     """
+    keep_freed_cpu_memory()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / METRICS_FILE
