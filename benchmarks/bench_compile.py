@@ -4,20 +4,20 @@
     python benchmarks/bench_compile.py --valor_b         # also VALOR-B at batch 2 (compiling takes many minutes)
     python benchmarks/bench_compile.py --smoke           # a tiny model, Dynamo's aot_eager backend (checks the script)
 
-A step is forward + backward + AdamW on a seeded batch (4 frames, 1 audio clip, MGA and MGC over tva/tv/ta),
-dropout off so that every mode computes the same function: the first-step losses are printed with their largest
-difference. Three modes. The baseline is the step as main ran it when the performance work began: eager, AdamW's
-per-parameter loop (PyTorch's default on the CPU, before `build_optimizer` asked for its `foreach` and then its
-fused kernel), the Video Swin's shifted windows masked with the reference's -100 (whose denormal weights slow the
-CPU's products; the model now masks with -1e4, the same function to float32's rounding) and glibc's allocator at
-its defaults, in a process of its own. Eager is the training loop's step now, in this process: AdamW's fused
-kernel (the same update to float rounding; a single parameter group here, where the training loop has VALOR's
-decay groups) and the allocator keeping freed memory (`training.keep_freed_cpu_memory`); compiled is that step with
-`compile_valor`. Compilation happens in the two warm-up steps, whose time is printed apart (the baseline's includes
-starting its process; inductor's on-disk cache makes a repeat run's compilation shorter). The timed steps of the modes are interleaved (the order reversed
-every other round; one process waits while the other steps), and each speed-up is the median of the per-round
-ratios, so that the shared machine's changing load falls on all modes alike. The 1-minute load average is printed
-at the end of each case.
+A step is forward + backward + AdamW on a seeded batch (4 frames, 1 audio clip, MGA and MGC over tva/tv/ta), dropout
+off so that every mode computes the same function: the first-step losses are printed with their largest difference.
+Three modes. The baseline is the step as main ran it when the performance work began: eager, AdamW's per-parameter
+loop (PyTorch's default on the CPU, before `build_optimizer` asked for its `foreach` and then its fused kernel), the
+Video Swin's shifted windows masked with the reference's -100 (whose denormal weights slow the CPU's products; the
+model now masks with -1e4, the same function to float32's rounding) and glibc's allocator at its defaults, in a
+process of its own. Eager is the training loop's step now, in this process: AdamW's fused kernel (the same update to
+float rounding; a single parameter group here, where the training loop has VALOR's decay groups) and the allocator
+keeping freed memory (`training.keep_freed_cpu_memory`); compiled is that step with `compile_valor`. Compilation
+happens in the two warm-up steps, whose time is printed apart (the baseline's includes starting its process;
+inductor's on-disk cache makes a repeat run's compilation shorter). The timed steps of the modes are interleaved
+(the order reversed every other round; one process waits while the other steps), and each speed-up is the median of
+the per-round ratios, so that the shared machine's changing load falls on all modes alike. The 1-minute load average
+is printed at the end of each case.
 """
 
 import argparse

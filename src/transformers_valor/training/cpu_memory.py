@@ -23,9 +23,8 @@ logger = logging.getLogger(__name__)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's largest accepted value on 64-bit systems
 NO_TRIMMING = -1  # mallopt(3): -1 disables trimming
-TOP_PAD_BYTES = (
-    1024 * 1024 * 1024
-)  # grow the heap in steps of 1 GiB (address space; pages are touched on use)
+# Grow the heap in steps of 1 GiB (address space; pages are touched on use).
+TOP_PAD_BYTES = 1024 * 1024 * 1024
 
 
 def keep_freed_cpu_memory() -> bool:
@@ -45,6 +44,7 @@ def keep_freed_cpu_memory() -> bool:
         M_TRIM_THRESHOLD: NO_TRIMMING,
         M_TOP_PAD: TOP_PAD_BYTES,
     }
-    applied = all(libc.mallopt(key, value) == 1 for key, value in settings.items())
+    results = [libc.mallopt(key, value) for key, value in settings.items()]  # every one, even after a refusal
+    applied = all(result == 1 for result in results)
     logger.info("glibc allocator keeps freed memory: %s", applied)
     return applied
